@@ -1,0 +1,492 @@
+//! `caracalctl`: inspect and program a running `caracal-dataplane` through
+//! its API socket.
+//!
+//! ```text
+//! caracalctl [--socket PATH] show interfaces|routes|counters [--json]
+//! caracalctl interface add tap NAME --netns PATH [--ifname IFNAME]
+//!            [--address CIDR]... [--mtu N] [--queues N] [--configure]
+//! caracalctl interface del NAME
+//! caracalctl route add PREFIX --via IFACE[,GATEWAY] [--via ...]
+//! caracalctl route del PREFIX
+//! ```
+//!
+//! Arguments are checked for shape here; their meaning (is this a prefix,
+//! does that interface exist) is the dataplane's to judge, and its error
+//! message is printed as is.
+
+// The binary's root sits in `src/bin/`, where every `.rs` file would be a
+// binary of its own; its modules live in the directory named after it.
+#[path = "caracalctl/table.rs"]
+mod table;
+#[path = "caracalctl/view.rs"]
+mod view;
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use caracal_control::dataplane_client::{DataplaneClient, DEFAULT_SOCKET};
+use caracal_proto::dataplane as pb;
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use view::{CountersView, InterfaceView, InterfacesView, RouteView, RoutesView};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "caracalctl",
+    version,
+    about = "Inspect and program the Caracal dataplane"
+)]
+struct Cli {
+    /// The dataplane's API socket.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "CARACAL_DATAPLANE_SOCKET",
+        default_value = DEFAULT_SOCKET
+    )]
+    socket: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show interfaces, routes or counters.
+    Show(ShowArgs),
+    /// Create or remove interfaces.
+    #[command(subcommand)]
+    Interface(InterfaceCommand),
+    /// Create or remove routes.
+    #[command(subcommand)]
+    Route(RouteCommand),
+}
+
+#[derive(Debug, Args)]
+struct ShowArgs {
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    what: ShowWhat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+enum ShowWhat {
+    /// Interfaces with their devices, addresses and counters.
+    Interfaces,
+    /// The FIB: interface host routes and API routes.
+    Routes,
+    /// Per-worker counters, drops by node and reason, the buffer pool.
+    Counters,
+}
+
+#[derive(Debug, Subcommand)]
+enum InterfaceCommand {
+    /// Create an interface (or confirm one with the same settings).
+    #[command(subcommand)]
+    Add(AddInterface),
+    /// Remove an interface and the routes through it.
+    #[command(visible_alias = "delete")]
+    Del {
+        /// Interface name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AddInterface {
+    /// A kernel tap device inside a network namespace.
+    Tap(TapArgs),
+}
+
+#[derive(Debug, Args)]
+struct TapArgs {
+    /// Interface name (the agent uses NAMESPACE/POD).
+    name: String,
+    /// Network namespace: a path such as /proc/PID/ns/net, or a name
+    /// under /var/run/netns as `ip netns add` creates.
+    #[arg(long, value_name = "PATH")]
+    netns: String,
+    /// Device name inside the namespace.
+    #[arg(long, value_name = "IFNAME", default_value = "eth0")]
+    ifname: String,
+    /// The pod's own address with its prefix length (repeatable).
+    #[arg(long = "address", value_name = "CIDR")]
+    addresses: Vec<String>,
+    /// IP MTU, bytes.
+    #[arg(long, value_name = "N", default_value_t = 1500)]
+    mtu: u32,
+    /// Queue pairs; 0 for one per worker.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    queues: u32,
+    /// Also bring the device up inside the namespace with its MTU,
+    /// addresses and default routes via the gateway.
+    #[arg(long)]
+    configure: bool,
+}
+
+/// Where `ip netns add NAME` puts its namespaces.
+const NETNS_RUN_DIR: &str = "/var/run/netns";
+
+impl TapArgs {
+    fn spec(&self) -> anyhow::Result<pb::InterfaceSpec> {
+        Ok(pb::InterfaceSpec {
+            name: self.name.clone(),
+            addresses: self.addresses.clone(),
+            mtu: self.mtu,
+            kind: Some(pb::interface_spec::Kind::Tap(pb::TapSpec {
+                netns: netns_path(&self.netns)?,
+                ifname: self.ifname.clone(),
+                queues: self.queues,
+                configure: self.configure,
+            })),
+        })
+    }
+}
+
+/// The dataplane runs elsewhere in the filesystem's eyes (another working
+/// directory), so it is sent an absolute path.
+fn netns_path(arg: &str) -> anyhow::Result<String> {
+    let path = if arg.contains('/') {
+        std::path::absolute(arg).with_context(|| format!("--netns {arg}"))?
+    } else {
+        Path::new(NETNS_RUN_DIR).join(arg)
+    };
+    path.into_os_string()
+        .into_string()
+        .map_err(|p| anyhow::anyhow!("--netns {}: path is not UTF-8", p.to_string_lossy()))
+}
+
+#[derive(Debug, Subcommand)]
+enum RouteCommand {
+    /// Create or replace the route for a prefix.
+    Add {
+        /// Destination, e.g. 10.65.1.0/26, fd00:65::/64, or a bare address.
+        prefix: String,
+        /// Output interface and optional next hop; repeat for ECMP.
+        #[arg(long, value_name = "IFACE[,GATEWAY]", required = true, value_parser = parse_via)]
+        via: Vec<pb::Path>,
+    },
+    /// Remove the route for a prefix.
+    #[command(visible_alias = "delete")]
+    Del { prefix: String },
+}
+
+/// Splits `IFACE[,GATEWAY]` at its last comma (interface names are the
+/// client's and might hold one; addresses never do).
+fn parse_via(s: &str) -> Result<pb::Path, String> {
+    let (interface, gateway) = match s.rsplit_once(',') {
+        Some((i, g)) => (i, g),
+        None => (s, ""),
+    };
+    if interface.is_empty() || (s.contains(',') && gateway.is_empty()) {
+        return Err(format!("expected IFACE[,GATEWAY], got {s:?}"));
+    }
+    Ok(pb::Path {
+        interface: interface.to_owned(),
+        gateway: gateway.to_owned(),
+    })
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("caracalctl: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut dp = DataplaneClient::connect(&cli.socket).await?;
+    match cli.command {
+        Command::Show(show) => {
+            let (json, table) = match show.what {
+                ShowWhat::Interfaces => {
+                    let list = dp
+                        .interfaces
+                        .list_interfaces(pb::ListInterfacesRequest {})
+                        .await;
+                    let view = InterfacesView {
+                        interfaces: rpc(list)?.interfaces.into_iter().map(Into::into).collect(),
+                    };
+                    (
+                        to_json(&view)?,
+                        view::interfaces_table(&view.interfaces).to_string(),
+                    )
+                }
+                ShowWhat::Routes => {
+                    let list = dp.routes.list_routes(pb::ListRoutesRequest {}).await;
+                    let view = RoutesView {
+                        routes: rpc(list)?.routes.into_iter().map(RouteView::from).collect(),
+                    };
+                    (
+                        to_json(&view)?,
+                        view::routes_table(&view.routes).to_string(),
+                    )
+                }
+                ShowWhat::Counters => {
+                    let counters = dp.stats.get_counters(pb::GetCountersRequest {}).await;
+                    let view = CountersView::from(rpc(counters)?);
+                    (to_json(&view)?, view::counters_text(&view))
+                }
+            };
+            emit(if show.json { &json } else { &table })
+        }
+        Command::Interface(InterfaceCommand::Add(AddInterface::Tap(tap))) => {
+            let spec = tap.spec()?;
+            let added = dp
+                .interfaces
+                .add_interface(pb::AddInterfaceRequest { spec: Some(spec) })
+                .await;
+            let view = InterfaceView::from(rpc(added)?);
+            emit(&view::interfaces_table(&[view]).to_string())
+        }
+        Command::Interface(InterfaceCommand::Del { name }) => {
+            let req = pb::DeleteInterfaceRequest { name: name.clone() };
+            if !rpc(dp.interfaces.delete_interface(req).await)?.existed {
+                eprintln!("caracalctl: no interface {name:?}; nothing to remove");
+            }
+            Ok(())
+        }
+        Command::Route(RouteCommand::Add { prefix, via }) => {
+            let route = pb::Route {
+                prefix,
+                paths: via,
+                origin: String::new(),
+            };
+            rpc(dp
+                .routes
+                .add_route(pb::AddRouteRequest { route: Some(route) })
+                .await)?;
+            Ok(())
+        }
+        Command::Route(RouteCommand::Del { prefix }) => {
+            let req = pb::DeleteRouteRequest {
+                prefix: prefix.clone(),
+            };
+            if !rpc(dp.routes.delete_route(req).await)?.existed {
+                eprintln!("caracalctl: no route for {prefix}; nothing to remove");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The reply of a call, or the dataplane's own message for its failure.
+fn rpc<T>(reply: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
+    match reply {
+        Ok(response) => Ok(response.into_inner()),
+        Err(status) if status.message().is_empty() => {
+            Err(anyhow::anyhow!("{}", status.code().description()))
+        }
+        Err(status) => Err(anyhow::anyhow!("{}", status.message())),
+    }
+}
+
+fn to_json(view: &impl Serialize) -> anyhow::Result<String> {
+    let mut text = serde_json::to_string_pretty(view).context("encoding JSON")?;
+    text.push('\n');
+    Ok(text)
+}
+
+/// Writes `text` to stdout; a reader that went away (`| head`) is not an
+/// error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Cli {
+        let argv = std::iter::once("caracalctl").chain(args.iter().copied());
+        Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    fn parse_err(args: &[&str]) -> String {
+        let argv = std::iter::once("caracalctl").chain(args.iter().copied());
+        Cli::try_parse_from(argv).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn show_takes_json_before_or_after_the_object() {
+        for args in [["show", "routes", "--json"], ["show", "--json", "routes"]] {
+            let Command::Show(show) = parse(&args).command else {
+                panic!("{args:?}")
+            };
+            assert!(show.json);
+            assert_eq!(show.what, ShowWhat::Routes);
+        }
+        let Command::Show(show) = parse(&["show", "counters"]).command else {
+            panic!()
+        };
+        assert!(!show.json);
+    }
+
+    #[test]
+    fn socket_flag_works_after_the_subcommand() {
+        let cli = parse(&["show", "interfaces", "--socket", "/tmp/dp.sock"]);
+        assert_eq!(cli.socket, Path::new("/tmp/dp.sock"));
+    }
+
+    #[test]
+    fn interface_add_tap_builds_the_spec() {
+        let cli = parse(&[
+            "interface",
+            "add",
+            "tap",
+            "default/web-0",
+            "--netns",
+            "/var/run/netns/web",
+            "--address",
+            "10.65.0.5/32",
+            "--address",
+            "fd00:65::5/128",
+            "--mtu",
+            "9000",
+            "--queues",
+            "2",
+            "--configure",
+        ]);
+        let Command::Interface(InterfaceCommand::Add(AddInterface::Tap(tap))) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(
+            tap.spec().unwrap(),
+            pb::InterfaceSpec {
+                name: "default/web-0".into(),
+                addresses: vec!["10.65.0.5/32".into(), "fd00:65::5/128".into()],
+                mtu: 9000,
+                kind: Some(pb::interface_spec::Kind::Tap(pb::TapSpec {
+                    netns: "/var/run/netns/web".into(),
+                    ifname: "eth0".into(),
+                    queues: 2,
+                    configure: true,
+                })),
+            }
+        );
+    }
+
+    #[test]
+    fn interface_add_tap_defaults() {
+        let cli = parse(&["interface", "add", "tap", "p", "--netns", "/proc/1/ns/net"]);
+        let Command::Interface(InterfaceCommand::Add(AddInterface::Tap(tap))) = cli.command else {
+            panic!()
+        };
+        let spec = tap.spec().unwrap();
+        assert_eq!(spec.mtu, 1500);
+        assert!(spec.addresses.is_empty());
+        let Some(pb::interface_spec::Kind::Tap(t)) = spec.kind else {
+            panic!()
+        };
+        assert_eq!(
+            (t.ifname.as_str(), t.queues, t.configure),
+            ("eth0", 0, false)
+        );
+    }
+
+    #[test]
+    fn interface_add_tap_needs_netns() {
+        assert!(parse_err(&["interface", "add", "tap", "p"]).contains("--netns"));
+    }
+
+    #[test]
+    fn netns_names_and_relative_paths_become_absolute() {
+        assert_eq!(netns_path("web").unwrap(), "/var/run/netns/web");
+        assert_eq!(netns_path("/proc/7/ns/net").unwrap(), "/proc/7/ns/net");
+        let relative = netns_path("./ns/web").unwrap();
+        assert!(
+            relative.starts_with('/') && relative.ends_with("/ns/web"),
+            "{relative}"
+        );
+    }
+
+    #[test]
+    fn interface_del_and_delete() {
+        for verb in ["del", "delete"] {
+            let cli = parse(&["interface", verb, "default/web-0"]);
+            let Command::Interface(InterfaceCommand::Del { name }) = cli.command else {
+                panic!()
+            };
+            assert_eq!(name, "default/web-0");
+        }
+    }
+
+    #[test]
+    fn route_add_with_ecmp_paths() {
+        let cli = parse(&[
+            "route",
+            "add",
+            "10.66.0.0/16",
+            "--via",
+            "uplink0,192.168.1.1",
+            "--via",
+            "default/web-0",
+            "--via",
+            "uplink1,fe80::1",
+        ]);
+        let Command::Route(RouteCommand::Add { prefix, via }) = cli.command else {
+            panic!()
+        };
+        assert_eq!(prefix, "10.66.0.0/16");
+        let via: Vec<(&str, &str)> = via
+            .iter()
+            .map(|p| (p.interface.as_str(), p.gateway.as_str()))
+            .collect();
+        assert_eq!(
+            via,
+            [
+                ("uplink0", "192.168.1.1"),
+                ("default/web-0", ""),
+                ("uplink1", "fe80::1")
+            ]
+        );
+    }
+
+    #[test]
+    fn route_add_needs_a_well_formed_via() {
+        assert!(parse_err(&["route", "add", "10.0.0.0/8"]).contains("--via"));
+        for bad in [",10.0.0.1", "eth0,", ""] {
+            let err = parse_err(&["route", "add", "10.0.0.0/8", "--via", bad]);
+            assert!(err.contains("expected IFACE[,GATEWAY]"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn route_del_takes_a_prefix() {
+        let Command::Route(RouteCommand::Del { prefix }) = parse(&["route", "del", "::/0"]).command
+        else {
+            panic!()
+        };
+        assert_eq!(prefix, "::/0");
+    }
+
+    #[test]
+    fn rpc_errors_carry_the_status_message() {
+        let err = rpc::<()>(Err(tonic::Status::invalid_argument("route.prefix: bad"))).unwrap_err();
+        assert_eq!(err.to_string(), "route.prefix: bad");
+        let err = rpc::<()>(Err(tonic::Status::unavailable(""))).unwrap_err();
+        assert_eq!(err.to_string(), tonic::Code::Unavailable.description());
+    }
+}

@@ -1,0 +1,580 @@
+//! What `caracalctl show` prints. The API's answers are turned into plain
+//! views first; `--json` serialises the views (their field names are the
+//! stable machine interface, independent of the protobuf), and the human
+//! tables are rendered from the same views.
+
+use caracal_proto::dataplane as pb;
+use serde::Serialize;
+
+use crate::table::{Align, Table};
+
+// ---------------------------------------------------------------- interfaces
+
+/// `show interfaces --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InterfacesView {
+    pub interfaces: Vec<InterfaceView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InterfaceView {
+    pub name: String,
+    /// Index in the dataplane's interface table.
+    pub id: u32,
+    /// `tap`, or `unknown` for a kind this caracalctl predates.
+    pub kind: String,
+    pub up: bool,
+    /// IP MTU, bytes.
+    pub mtu: u32,
+    /// MAC of the pod side.
+    pub mac: String,
+    /// Kernel ifindex inside its namespace (taps), 0 otherwise.
+    pub ifindex: u32,
+    pub addresses: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tap: Option<TapView>,
+    pub counters: PortCountersView,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TapView {
+    pub netns: String,
+    pub ifname: String,
+    /// Requested queues; 0 means one per worker.
+    pub queues: u32,
+    pub configure: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PortCountersView {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_errors: u64,
+    pub rx_no_buffer: u64,
+}
+
+impl From<pb::PortCounters> for PortCountersView {
+    fn from(c: pb::PortCounters) -> Self {
+        PortCountersView {
+            rx_packets: c.rx_packets,
+            rx_bytes: c.rx_bytes,
+            tx_packets: c.tx_packets,
+            tx_bytes: c.tx_bytes,
+            tx_errors: c.tx_errors,
+            rx_no_buffer: c.rx_no_buffer,
+        }
+    }
+}
+
+impl PortCountersView {
+    /// The non-zero counters with their labels, as VPP's `show interface`
+    /// lists them.
+    fn nonzero(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("rx packets", self.rx_packets),
+            ("rx bytes", self.rx_bytes),
+            ("tx packets", self.tx_packets),
+            ("tx bytes", self.tx_bytes),
+            ("tx errors", self.tx_errors),
+            ("rx no-buffer", self.rx_no_buffer),
+        ]
+        .into_iter()
+        .filter(|&(_, n)| n != 0)
+        .collect()
+    }
+}
+
+impl From<pb::Interface> for InterfaceView {
+    fn from(i: pb::Interface) -> Self {
+        let spec = i.spec.unwrap_or_default();
+        let kind = match pb::InterfaceKind::try_from(i.kind) {
+            Ok(pb::InterfaceKind::Tap) => "tap",
+            _ => "unknown",
+        };
+        let tap = match spec.kind {
+            Some(pb::interface_spec::Kind::Tap(t)) => Some(TapView {
+                netns: t.netns,
+                ifname: t.ifname,
+                queues: t.queues,
+                configure: t.configure,
+            }),
+            None => None,
+        };
+        InterfaceView {
+            name: spec.name,
+            id: i.id,
+            kind: kind.to_owned(),
+            up: i.up,
+            mtu: spec.mtu,
+            mac: i.mac,
+            ifindex: i.ifindex,
+            addresses: spec.addresses,
+            tap,
+            counters: i.counters.unwrap_or_default().into(),
+        }
+    }
+}
+
+/// `show interfaces`: one block per interface, its device details and
+/// non-zero counters on the lines below its name.
+pub fn interfaces_table(interfaces: &[InterfaceView]) -> Table {
+    let mut t = Table::new(&[
+        ("Name", Align::Left),
+        ("Idx", Align::Right),
+        ("State", Align::Left),
+        ("MTU", Align::Right),
+        ("Device", Align::Left),
+        ("Addresses", Align::Left),
+        ("Counter", Align::Left),
+        ("Count", Align::Right),
+    ]);
+    for i in interfaces {
+        let mut device = Vec::new();
+        match &i.tap {
+            Some(tap) => {
+                device.push(format!("{} {} ifindex {}", i.kind, tap.ifname, i.ifindex));
+                device.push(format!("mac {}", i.mac));
+                device.push(format!("netns {}", tap.netns));
+            }
+            None => {
+                device.push(i.kind.clone());
+                device.push(format!("mac {}", i.mac));
+            }
+        }
+        let counters = i.counters.nonzero();
+        t.row(vec![
+            i.name.as_str().into(),
+            i.id.to_string().into(),
+            if i.up { "up" } else { "down" }.into(),
+            i.mtu.to_string().into(),
+            device.into(),
+            i.addresses.clone().into(),
+            counters
+                .iter()
+                .map(|(label, _)| label.to_string())
+                .collect::<Vec<_>>()
+                .into(),
+            counters
+                .iter()
+                .map(|(_, n)| n.to_string())
+                .collect::<Vec<_>>()
+                .into(),
+        ]);
+    }
+    t
+}
+
+// -------------------------------------------------------------------- routes
+
+/// `show routes --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoutesView {
+    pub routes: Vec<RouteView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteView {
+    pub prefix: String,
+    /// `interface` (host route of an interface address) or `api`.
+    pub origin: String,
+    pub paths: Vec<PathView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PathView {
+    pub interface: String,
+    /// Next hop; absent when the destination is on the link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+}
+
+impl From<pb::Route> for RouteView {
+    fn from(r: pb::Route) -> Self {
+        RouteView {
+            prefix: r.prefix,
+            origin: r.origin,
+            paths: r
+                .paths
+                .into_iter()
+                .map(|p| PathView {
+                    interface: p.interface,
+                    gateway: Some(p.gateway).filter(|g| !g.is_empty()),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `show routes`: one line per path, ECMP paths stacked under their prefix.
+pub fn routes_table(routes: &[RouteView]) -> Table {
+    let mut t = Table::new(&[
+        ("Prefix", Align::Left),
+        ("Origin", Align::Left),
+        ("Interface", Align::Left),
+        ("Gateway", Align::Left),
+    ]);
+    for r in routes {
+        t.row(vec![
+            r.prefix.as_str().into(),
+            r.origin.as_str().into(),
+            r.paths
+                .iter()
+                .map(|p| p.interface.clone())
+                .collect::<Vec<_>>()
+                .into(),
+            r.paths
+                .iter()
+                .map(|p| p.gateway.clone().unwrap_or_else(|| "on-link".to_owned()))
+                .collect::<Vec<_>>()
+                .into(),
+        ]);
+    }
+    t
+}
+
+// ------------------------------------------------------------------ counters
+
+/// `show counters --json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CountersView {
+    pub workers: Vec<WorkerView>,
+    pub buffers: BuffersView,
+    /// Drops summed over workers, reasons that counted at least once.
+    pub drops: Vec<DropView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerView {
+    pub worker: u32,
+    /// CPU the worker is pinned to; absent when it is not pinned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core: Option<u32>,
+    pub vectors: u64,
+    pub packets: u64,
+    pub drops: Vec<DropView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DropView {
+    pub node: String,
+    pub reason: String,
+    pub description: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BuffersView {
+    pub total: u64,
+    pub free: u64,
+    pub in_use: u64,
+    /// Bytes per buffer, as the dataplane reports it.
+    pub buffer_size: u32,
+    pub hugepages: bool,
+}
+
+impl From<pb::DropCounter> for DropView {
+    fn from(d: pb::DropCounter) -> Self {
+        DropView {
+            node: d.node,
+            reason: d.reason,
+            description: d.description,
+            count: d.count,
+        }
+    }
+}
+
+impl From<pb::Counters> for CountersView {
+    fn from(c: pb::Counters) -> Self {
+        let b = c.buffers.unwrap_or_default();
+        CountersView {
+            workers: c
+                .workers
+                .into_iter()
+                .map(|w| WorkerView {
+                    worker: w.worker,
+                    core: u32::try_from(w.core).ok(),
+                    vectors: w.vectors,
+                    packets: w.packets,
+                    drops: w.drops.into_iter().map(DropView::from).collect(),
+                })
+                .collect(),
+            buffers: BuffersView {
+                total: b.total,
+                free: b.free,
+                in_use: b.in_use,
+                buffer_size: b.buffer_size,
+                hugepages: b.hugepages,
+            },
+            drops: c.drops.into_iter().map(DropView::from).collect(),
+        }
+    }
+}
+
+/// `show counters`: a line per worker, the drop counters (like VPP's
+/// `show errors`), and the buffer pool.
+pub fn counters_text(c: &CountersView) -> String {
+    let mut workers = Table::new(&[
+        ("Worker", Align::Right),
+        ("Core", Align::Right),
+        ("Vectors", Align::Right),
+        ("Packets", Align::Right),
+        ("Packets/vector", Align::Right),
+        ("Drops", Align::Right),
+    ]);
+    for w in &c.workers {
+        let per_vector = if w.vectors == 0 {
+            0.0
+        } else {
+            w.packets as f64 / w.vectors as f64
+        };
+        workers.row(vec![
+            w.worker.to_string().into(),
+            w.core
+                .map_or_else(|| "-".to_owned(), |c| c.to_string())
+                .into(),
+            w.vectors.to_string().into(),
+            w.packets.to_string().into(),
+            format!("{per_vector:.2}").into(),
+            w.drops
+                .iter()
+                .map(|d| d.count)
+                .sum::<u64>()
+                .to_string()
+                .into(),
+        ]);
+    }
+
+    let mut text = workers.to_string();
+    text.push('\n');
+    if c.drops.is_empty() {
+        text.push_str("No drops.\n");
+    } else {
+        let mut drops = Table::new(&[
+            ("Count", Align::Right),
+            ("Node", Align::Left),
+            ("Reason", Align::Left),
+            ("Description", Align::Left),
+        ]);
+        for d in &c.drops {
+            drops.row(vec![
+                d.count.to_string().into(),
+                d.node.as_str().into(),
+                d.reason.as_str().into(),
+                d.description.as_str().into(),
+            ]);
+        }
+        text.push_str(&drops.to_string());
+    }
+    text.push('\n');
+    let b = &c.buffers;
+    text.push_str(&format!(
+        "Buffers: {} total, {} in use, {} free; {} bytes each, {}\n",
+        b.total,
+        b.in_use,
+        b.free,
+        b.buffer_size,
+        if b.hugepages {
+            "hugepages"
+        } else {
+            "ordinary pages"
+        },
+    ));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tap_interface() -> pb::Interface {
+        pb::Interface {
+            id: 1,
+            spec: Some(pb::InterfaceSpec {
+                name: "default/web-0".into(),
+                addresses: vec!["10.65.0.5/32".into(), "fd00:65::5/128".into()],
+                mtu: 1500,
+                kind: Some(pb::interface_spec::Kind::Tap(pb::TapSpec {
+                    netns: "/var/run/netns/default_web-0".into(),
+                    ifname: "eth0".into(),
+                    queues: 0,
+                    configure: true,
+                })),
+            }),
+            kind: pb::InterfaceKind::Tap as i32,
+            mac: "02:fe:00:00:00:01".into(),
+            ifindex: 2,
+            up: true,
+            counters: Some(pb::PortCounters {
+                rx_packets: 12,
+                rx_bytes: 1008,
+                tx_packets: 0,
+                tx_bytes: 0,
+                tx_errors: 3,
+                rx_no_buffer: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn interface_table_stacks_device_addresses_and_counters() {
+        let view = InterfaceView::from(tap_interface());
+        assert_eq!(
+            interfaces_table(&[view]).to_string(),
+            "Name           Idx  State   MTU  Device                              Addresses       Counter     Count\n\
+             default/web-0    1  up     1500  tap eth0 ifindex 2                  10.65.0.5/32    rx packets     12\n\
+             \x20                                mac 02:fe:00:00:00:01               fd00:65::5/128  rx bytes     1008\n\
+             \x20                                netns /var/run/netns/default_web-0                  tx errors       3\n"
+        );
+    }
+
+    #[test]
+    fn interface_json_is_flat_and_stable() {
+        let view = InterfacesView {
+            interfaces: vec![tap_interface().into()],
+        };
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"interfaces": [{
+                "name": "default/web-0", "id": 1, "kind": "tap", "up": true, "mtu": 1500,
+                "mac": "02:fe:00:00:00:01", "ifindex": 2,
+                "addresses": ["10.65.0.5/32", "fd00:65::5/128"],
+                "tap": {"netns": "/var/run/netns/default_web-0", "ifname": "eth0",
+                        "queues": 0, "configure": true},
+                "counters": {"rx_packets": 12, "rx_bytes": 1008, "tx_packets": 0,
+                             "tx_bytes": 0, "tx_errors": 3, "rx_no_buffer": 0}
+            }]})
+        );
+    }
+
+    fn routes() -> Vec<RouteView> {
+        vec![
+            pb::Route {
+                prefix: "10.65.0.5/32".into(),
+                paths: vec![pb::Path {
+                    interface: "default/web-0".into(),
+                    gateway: String::new(),
+                }],
+                origin: "interface".into(),
+            }
+            .into(),
+            pb::Route {
+                prefix: "10.66.0.0/16".into(),
+                paths: vec![
+                    pb::Path {
+                        interface: "uplink0".into(),
+                        gateway: "192.168.1.1".into(),
+                    },
+                    pb::Path {
+                        interface: "uplink1".into(),
+                        gateway: "192.168.2.1".into(),
+                    },
+                ],
+                origin: "api".into(),
+            }
+            .into(),
+        ]
+    }
+
+    #[test]
+    fn route_table_stacks_ecmp_paths() {
+        assert_eq!(
+            routes_table(&routes()).to_string(),
+            "Prefix        Origin     Interface      Gateway\n\
+             10.65.0.5/32  interface  default/web-0  on-link\n\
+             10.66.0.0/16  api        uplink0        192.168.1.1\n\
+             \x20                        uplink1        192.168.2.1\n"
+        );
+    }
+
+    #[test]
+    fn route_json_omits_on_link_gateways() {
+        let json = serde_json::to_value(RoutesView { routes: routes() }).unwrap();
+        assert_eq!(
+            json["routes"][0],
+            serde_json::json!({"prefix": "10.65.0.5/32", "origin": "interface",
+                               "paths": [{"interface": "default/web-0"}]})
+        );
+        assert_eq!(json["routes"][1]["paths"][1]["gateway"], "192.168.2.1");
+    }
+
+    fn counters() -> pb::Counters {
+        let bad_csum = pb::DropCounter {
+            node: "ip4-input".into(),
+            reason: "bad-checksum".into(),
+            description: "IPv4 header checksum is wrong".into(),
+            count: 5,
+        };
+        let no_route = pb::DropCounter {
+            node: "ip4-lookup".into(),
+            reason: "no-route".into(),
+            description: "no route to the destination".into(),
+            count: 120,
+        };
+        pb::Counters {
+            workers: vec![
+                pb::WorkerCounters {
+                    worker: 0,
+                    core: 2,
+                    vectors: 10,
+                    packets: 405,
+                    drops: vec![bad_csum.clone(), no_route.clone()],
+                },
+                pb::WorkerCounters {
+                    worker: 1,
+                    core: -1,
+                    vectors: 0,
+                    packets: 0,
+                    drops: vec![],
+                },
+            ],
+            buffers: Some(pb::BufferPoolStats {
+                total: 16384,
+                free: 16000,
+                in_use: 384,
+                buffer_size: 2048,
+                hugepages: true,
+            }),
+            drops: vec![bad_csum, no_route],
+        }
+    }
+
+    #[test]
+    fn counters_text_has_workers_drops_and_pool() {
+        assert_eq!(
+            counters_text(&counters().into()),
+            "Worker  Core  Vectors  Packets  Packets/vector  Drops\n\
+             \x20    0     2       10      405           40.50    125\n\
+             \x20    1     -        0        0            0.00      0\n\
+             \n\
+             Count  Node        Reason        Description\n\
+             \x20   5  ip4-input   bad-checksum  IPv4 header checksum is wrong\n\
+             \x20 120  ip4-lookup  no-route      no route to the destination\n\
+             \n\
+             Buffers: 16384 total, 384 in use, 16000 free; 2048 bytes each, hugepages\n"
+        );
+    }
+
+    #[test]
+    fn counters_text_says_when_nothing_dropped() {
+        let c = pb::Counters {
+            workers: vec![],
+            buffers: None,
+            drops: vec![],
+        };
+        let text = counters_text(&c.into());
+        assert!(text.contains("\nNo drops.\n"), "{text}");
+        assert!(text.ends_with("ordinary pages\n"), "{text}");
+    }
+
+    #[test]
+    fn counters_json_leaves_out_unpinned_core() {
+        let json = serde_json::to_value(CountersView::from(counters())).unwrap();
+        assert_eq!(json["workers"][0]["core"], 2);
+        assert!(json["workers"][1].get("core").is_none());
+        assert_eq!(json["buffers"]["in_use"], 384);
+        assert_eq!(json["drops"][1]["reason"], "no-route");
+    }
+}

@@ -1,0 +1,167 @@
+//! The gRPC services (`Interfaces`, `Routes`, `Stats`) over the engine.
+//!
+//! Each handler converts its request ([`convert`]), runs the engine call on
+//! the blocking pool, and converts the answer back. Engine calls take the
+//! engine's lock, may create devices in other namespaces and wait for every
+//! worker to pick up a new snapshot: none of that belongs on the async
+//! executor that also serves the other clients.
+
+use std::sync::Arc;
+
+use caracal_proto::dataplane as pb;
+use caracal_proto::dataplane::interfaces_server::Interfaces;
+use caracal_proto::dataplane::routes_server::Routes;
+use caracal_proto::dataplane::stats_server::Stats;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info, warn};
+
+use super::convert;
+use crate::engine::{Engine, EngineError};
+
+/// The dataplane's API, one value serving every service. Cloning is cheap.
+#[derive(Debug, Clone)]
+pub struct DataplaneApi {
+    engine: Arc<Engine>,
+}
+
+impl DataplaneApi {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        DataplaneApi { engine }
+    }
+
+    /// Runs `call` on the blocking pool. If the client goes away meanwhile,
+    /// the call still runs to completion, so a change is never abandoned
+    /// half-way; `what` names the call in logs.
+    async fn engine<T, F>(&self, what: &'static str, call: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Engine) -> Result<T, EngineError> + Send + 'static,
+    {
+        let engine = Arc::clone(&self.engine);
+        match tokio::task::spawn_blocking(move || call(&engine)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => {
+                warn!(call = what, error = %err, "engine call failed");
+                Err(convert::engine_error_to_status(err))
+            }
+            Err(join) => {
+                warn!(call = what, error = %join, "engine call panicked");
+                Err(Status::internal(format!(
+                    "{what}: the engine call did not complete"
+                )))
+            }
+        }
+    }
+}
+
+/// Logs a request the API rejected before it reached the engine.
+fn rejected(what: &'static str, status: Status) -> Status {
+    debug!(call = what, error = status.message(), "request rejected");
+    status
+}
+
+#[tonic::async_trait]
+impl Interfaces for DataplaneApi {
+    async fn add_interface(
+        &self,
+        request: Request<pb::AddInterfaceRequest>,
+    ) -> Result<Response<pb::Interface>, Status> {
+        const WHAT: &str = "AddInterface";
+        let spec = convert::interface_spec_from_proto(request.into_inner().spec)
+            .map_err(|s| rejected(WHAT, s))?;
+        let info = self.engine(WHAT, move |e| e.add_interface(spec)).await?;
+        info!(interface = %info.spec.name, id = info.id.0, mac = %info.mac, "interface added");
+        Ok(Response::new(convert::interface_to_proto(info)))
+    }
+
+    async fn delete_interface(
+        &self,
+        request: Request<pb::DeleteInterfaceRequest>,
+    ) -> Result<Response<pb::DeleteInterfaceResponse>, Status> {
+        const WHAT: &str = "DeleteInterface";
+        let name = request.into_inner().name;
+        if name.is_empty() {
+            return Err(rejected(
+                WHAT,
+                Status::invalid_argument("name: must not be empty"),
+            ));
+        }
+        let existed = self
+            .engine(WHAT, {
+                let name = name.clone();
+                move |e| e.delete_interface(&name)
+            })
+            .await?;
+        if existed {
+            info!(interface = %name, "interface deleted");
+        }
+        Ok(Response::new(pb::DeleteInterfaceResponse { existed }))
+    }
+
+    async fn list_interfaces(
+        &self,
+        _: Request<pb::ListInterfacesRequest>,
+    ) -> Result<Response<pb::ListInterfacesResponse>, Status> {
+        let interfaces = self
+            .engine("ListInterfaces", |e| Ok(e.interfaces()))
+            .await?;
+        Ok(Response::new(pb::ListInterfacesResponse {
+            interfaces: interfaces
+                .into_iter()
+                .map(convert::interface_to_proto)
+                .collect(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Routes for DataplaneApi {
+    async fn add_route(
+        &self,
+        request: Request<pb::AddRouteRequest>,
+    ) -> Result<Response<pb::AddRouteResponse>, Status> {
+        const WHAT: &str = "AddRoute";
+        let route =
+            convert::route_from_proto(request.into_inner().route).map_err(|s| rejected(WHAT, s))?;
+        let prefix = route.prefix;
+        let paths = route.paths.len();
+        self.engine(WHAT, move |e| e.add_route(route)).await?;
+        info!(%prefix, paths, "route added");
+        Ok(Response::new(pb::AddRouteResponse {}))
+    }
+
+    async fn delete_route(
+        &self,
+        request: Request<pb::DeleteRouteRequest>,
+    ) -> Result<Response<pb::DeleteRouteResponse>, Status> {
+        const WHAT: &str = "DeleteRoute";
+        let prefix = convert::prefix_from_proto("prefix", &request.into_inner().prefix)
+            .map_err(|s| rejected(WHAT, s))?;
+        let existed = self.engine(WHAT, move |e| e.delete_route(prefix)).await?;
+        if existed {
+            info!(%prefix, "route deleted");
+        }
+        Ok(Response::new(pb::DeleteRouteResponse { existed }))
+    }
+
+    async fn list_routes(
+        &self,
+        _: Request<pb::ListRoutesRequest>,
+    ) -> Result<Response<pb::ListRoutesResponse>, Status> {
+        let routes = self.engine("ListRoutes", |e| Ok(e.routes())).await?;
+        Ok(Response::new(pb::ListRoutesResponse {
+            routes: routes.into_iter().map(convert::route_to_proto).collect(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Stats for DataplaneApi {
+    async fn get_counters(
+        &self,
+        _: Request<pb::GetCountersRequest>,
+    ) -> Result<Response<pb::Counters>, Status> {
+        let counters = self.engine("GetCounters", |e| Ok(e.counters())).await?;
+        Ok(Response::new(convert::counters_to_proto(counters)))
+    }
+}

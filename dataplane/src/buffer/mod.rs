@@ -1,0 +1,201 @@
+//! Packet buffers: one contiguous arena of fixed-size slots, addressed by
+//! `u32` index, with a lock-free shared free list and per-worker caches.
+//!
+//! Each slot is `[Meta (64 B)][headroom (128 B)][data (2048 B)]`, so the
+//! metadata and the first bytes of the packet share a prefetch. The arena is
+//! backed by a memfd mapping, on hugepages when the kernel has them
+//! reserved, else on ordinary pages (with a warning).
+//!
+//! Ownership of a buffer is carried by a [`BufferIndex`], a linear token: it
+//! is neither `Copy` nor `Clone`, so exactly one place holds a buffer at a
+//! time and only the holder can reach its bytes. Dropping a token without
+//! giving it back to a pool leaks the slot, which the pool's exact
+//! accounting ([`BufferPool::in_use`]) makes visible to tests.
+
+mod arena;
+mod frame;
+
+pub use arena::{BufferCache, BufferPool, BufferPoolConfig, BufferPoolError, PoolStats};
+pub use frame::{Frame, FRAME_SIZE};
+
+use crate::port::PortId;
+
+/// Bytes of packet data a buffer holds after its headroom.
+pub const DATA_SIZE: usize = 2048;
+/// Bytes reserved before the packet so nodes can prepend headers
+/// (ICMP errors, encapsulation) without copying.
+pub const HEADROOM: usize = 128;
+/// Bytes from the start of the data area to its end.
+pub const AREA_SIZE: usize = HEADROOM + DATA_SIZE;
+/// Bytes of per-packet metadata at the start of each slot.
+pub const META_SIZE: usize = 64;
+/// Distance between two slots in the arena.
+pub const SLOT_SIZE: usize = META_SIZE + AREA_SIZE;
+
+/// Owning handle to one buffer of a [`BufferPool`].
+///
+/// `#[repr(transparent)]` over the `u32` index: moving it costs what moving
+/// a `u32` costs. Indices are unique across every pool of the process, so a
+/// token can never reach another pool's memory.
+#[derive(Debug, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct BufferIndex(u32);
+
+impl BufferIndex {
+    /// The raw index, for traces and debugging.
+    pub fn get(&self) -> u32 {
+        self.0
+    }
+}
+
+/// A pending ICMP error a node asked for; the ICMP error nodes build it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IcmpErrorRequest {
+    pub msg_type: u8,
+    pub code: u8,
+    /// Next-hop MTU for "fragmentation needed" / "packet too big".
+    pub mtu: u16,
+}
+
+/// Typed per-packet metadata, stored in the buffer's slot.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+pub struct Meta {
+    /// Offset of the first packet byte from the start of the data area.
+    pub data_off: u16,
+    /// Packet length in bytes.
+    pub len: u16,
+    /// Port the packet arrived on.
+    pub rx_port: PortId,
+    /// Port the packet leaves by, set by rewrite (or by ARP/ND replies).
+    pub tx_port: PortId,
+    /// Adjacency chosen by the route lookup.
+    pub adjacency: u32,
+    /// Hash of the flow's 5-tuple, for ECMP and later the flow table.
+    pub flow_hash: u32,
+    /// Set when a node sends the packet to an ICMP error node.
+    pub icmp_error: IcmpErrorRequest,
+}
+
+const _: () = assert!(core::mem::size_of::<Meta>() == META_SIZE);
+
+impl Meta {
+    /// Metadata of a freshly received packet of `len` bytes placed right
+    /// after the headroom.
+    pub const fn received(rx_port: PortId, len: u16) -> Self {
+        Meta {
+            data_off: HEADROOM as u16,
+            len,
+            rx_port,
+            tx_port: PortId::INVALID,
+            adjacency: 0,
+            flow_hash: 0,
+            icmp_error: IcmpErrorRequest { msg_type: 0, code: 0, mtu: 0 },
+        }
+    }
+}
+
+/// Mutable access to one packet: its metadata and its bytes.
+///
+/// Obtained from [`BufferPool::packet`] while holding the buffer's
+/// [`BufferIndex`]; every accessor is bounds-checked against the slot.
+#[derive(Debug)]
+pub struct Packet<'a> {
+    meta: &'a mut Meta,
+    area: &'a mut [u8; AREA_SIZE],
+}
+
+impl<'a> Packet<'a> {
+    pub(crate) fn new(meta: &'a mut Meta, area: &'a mut [u8; AREA_SIZE]) -> Self {
+        Packet { meta, area }
+    }
+
+    #[inline]
+    pub fn meta(&self) -> &Meta {
+        self.meta
+    }
+
+    #[inline]
+    pub fn meta_mut(&mut self) -> &mut Meta {
+        self.meta
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        usize::from(self.meta.len)
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.meta.len == 0
+    }
+
+    /// The packet's bytes.
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        let start = usize::from(self.meta.data_off);
+        &self.area[start..start + usize::from(self.meta.len)]
+    }
+
+    /// The packet's bytes, writable.
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let start = usize::from(self.meta.data_off);
+        &mut self.area[start..start + usize::from(self.meta.len)]
+    }
+
+    /// Bytes available in front of the packet.
+    #[inline]
+    pub fn headroom(&self) -> usize {
+        usize::from(self.meta.data_off)
+    }
+
+    /// Bytes available after the packet.
+    #[inline]
+    pub fn tailroom(&self) -> usize {
+        AREA_SIZE - usize::from(self.meta.data_off) - usize::from(self.meta.len)
+    }
+
+    /// Grows the packet at the front by `n` bytes (uninitialised contents:
+    /// whatever the slot held). Returns false, changing nothing, when the
+    /// headroom is too small.
+    #[inline]
+    pub fn prepend(&mut self, n: usize) -> bool {
+        if n > self.headroom() {
+            return false;
+        }
+        self.meta.data_off -= n as u16;
+        self.meta.len += n as u16;
+        true
+    }
+
+    /// Removes `n` bytes from the front. Returns false when the packet is
+    /// shorter than `n`.
+    #[inline]
+    pub fn advance(&mut self, n: usize) -> bool {
+        if n > self.len() {
+            return false;
+        }
+        self.meta.data_off += n as u16;
+        self.meta.len -= n as u16;
+        true
+    }
+
+    /// Sets the packet length; returns false when it would not fit.
+    #[inline]
+    pub fn set_len(&mut self, len: usize) -> bool {
+        if usize::from(self.meta.data_off) + len > AREA_SIZE {
+            return false;
+        }
+        self.meta.len = len as u16;
+        true
+    }
+
+    /// The whole data area (headroom included) with the packet's offset,
+    /// for nodes that move headers around inside the slot.
+    #[inline]
+    pub fn area_mut(&mut self) -> (&mut [u8; AREA_SIZE], usize) {
+        let off = usize::from(self.meta.data_off);
+        (self.area, off)
+    }
+}

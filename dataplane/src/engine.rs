@@ -1,0 +1,578 @@
+//! The engine: owns the buffer pool, the workers and the desired state, and
+//! turns API calls into new table snapshots for the workers.
+//!
+//! Every change is applied to the engine's master state under one mutex
+//! (the API is not on the packet path), then published as a fresh
+//! immutable [`Tables`] snapshot. [`Engine`] calls return once every worker
+//! runs the new snapshot, so when an API call returns the dataplane
+//! forwards by the new state (and a deleted tap is gone).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use crate::buffer::{BufferPool, BufferPoolConfig, SLOT_SIZE};
+use crate::config::EngineConfig;
+use crate::graph::DropReason;
+use crate::model::{
+    CountersSnapshot, InterfaceInfo, InterfaceKindSpec, InterfaceSpec, IpCidr, PathSpec, RouteOrigin, RouteSpec,
+    WorkerStats,
+};
+use crate::port::tap::{PodNetConfig, TapConfig, TapPort};
+use crate::port::{Port, PortId};
+use crate::tables::{lpm, AdjPath, Adjacency, Gateway, Lpm, PortEntry, Tables, MAX_PATHS};
+use crate::worker::WorkerHandle;
+
+/// Largest number of interfaces (port ids are 16-bit, one is reserved).
+const MAX_PORTS: usize = u16::MAX as usize;
+/// How long a change may take to reach every worker before we complain.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default IP MTU of an interface.
+const DEFAULT_MTU: u16 = 1500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("interface {0:?} not found")]
+    NoSuchInterface(String),
+    #[error("interface table full")]
+    TooManyInterfaces,
+    #[error("the dataplane is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Buffers(#[from] crate::buffer::BufferPoolError),
+    #[error("tap: {0}")]
+    Tap(#[from] crate::port::tap::TapError),
+    #[error("worker: {0}")]
+    Worker(std::io::Error),
+}
+
+/// An interface and the device behind it.
+#[derive(Debug)]
+struct Iface {
+    id: PortId,
+    spec: InterfaceSpec,
+    port: Arc<dyn Port>,
+    ifindex: u32,
+}
+
+/// A route and the adjacency it resolved to.
+#[derive(Debug)]
+struct RouteState {
+    spec: RouteSpec,
+    adjacency: u32,
+}
+
+/// Adjacencies shared by every route with the same paths.
+#[derive(Debug, Default)]
+struct AdjacencyTable {
+    slots: Vec<Option<(Adjacency, usize)>>,
+    index: HashMap<Vec<AdjPath>, u32>,
+}
+
+impl AdjacencyTable {
+    fn acquire(&mut self, paths: Vec<AdjPath>) -> u32 {
+        if let Some(&id) = self.index.get(&paths) {
+            if let Some((_, refs)) = &mut self.slots[id as usize] {
+                *refs += 1;
+            }
+            return id;
+        }
+        let adj = Adjacency::new(&paths);
+        let id = match self.slots.iter().position(Option::is_none) {
+            Some(i) => {
+                self.slots[i] = Some((adj, 1));
+                i
+            }
+            None => {
+                self.slots.push(Some((adj, 1)));
+                self.slots.len() - 1
+            }
+        } as u32;
+        self.index.insert(paths, id);
+        id
+    }
+
+    fn release(&mut self, id: u32) {
+        let slot = &mut self.slots[id as usize];
+        if let Some((adj, refs)) = slot {
+            *refs -= 1;
+            if *refs == 0 {
+                self.index.remove(adj.paths());
+                *slot = None;
+            }
+        }
+    }
+
+    /// The table workers index; free slots hold any adjacency (no FIB
+    /// entry points at them).
+    fn snapshot(&self) -> Arc<[Adjacency]> {
+        let filler = self.slots.iter().flatten().map(|(a, _)| *a).next();
+        match filler {
+            None => Arc::from(Vec::new()),
+            Some(f) => self.slots.iter().map(|s| s.map_or(f, |(a, _)| a)).collect(),
+        }
+    }
+}
+
+/// The master copy of everything the workers forward by.
+#[derive(Debug)]
+struct State {
+    generation: u64,
+    shut_down: bool,
+    gateway: Gateway,
+    interfaces: BTreeMap<String, Iface>,
+    ports: Vec<Option<PortEntry>>,
+    /// Keyed by the prefix with host bits cleared.
+    routes: BTreeMap<RouteKey, RouteState>,
+    adjacencies: AdjacencyTable,
+    fib4: Lpm<u32>,
+    fib6: Lpm<u128>,
+}
+
+/// Orders IPv4 before IPv6, then by address and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum RouteKey {
+    V4(u32, u8),
+    V6(u128, u8),
+}
+
+impl RouteKey {
+    fn of(prefix: &IpCidr) -> Self {
+        match prefix.network() {
+            IpCidr::V4(c) => RouteKey::V4(u32::from(c.address()), c.prefix_len()),
+            IpCidr::V6(c) => RouteKey::V6(u128::from(c.address()), c.prefix_len()),
+        }
+    }
+}
+
+/// Handle to a running dataplane. Share it behind an `Arc`.
+#[derive(Debug)]
+pub struct Engine {
+    pool: Arc<BufferPool>,
+    tables: Arc<ArcSwap<Tables>>,
+    workers: Mutex<Vec<WorkerHandle>>,
+    worker_count: usize,
+    state: Mutex<State>,
+}
+
+impl Engine {
+    /// Creates the buffer pool and starts the workers.
+    pub fn start(config: &EngineConfig) -> Result<Arc<Self>, EngineError> {
+        if config.workers.is_empty() {
+            return Err(EngineError::Invalid("at least one worker is needed".into()));
+        }
+        let pool = BufferPool::new(&BufferPoolConfig { buffers: config.buffers, hugepages: config.hugepages })?;
+        let tables = Arc::new(ArcSwap::from_pointee(Tables::default()));
+        let mut workers = Vec::with_capacity(config.workers.len());
+        for (id, core) in config.workers.iter().enumerate() {
+            match WorkerHandle::spawn(id, *core, config.mode, pool.clone(), tables.clone()) {
+                Ok(w) => workers.push(w),
+                Err(e) => {
+                    for w in &mut workers {
+                        w.signal_stop();
+                        w.join();
+                    }
+                    return Err(EngineError::Worker(e));
+                }
+            }
+        }
+        tracing::info!(
+            workers = workers.len(),
+            mode = ?config.mode,
+            buffers = pool.total(),
+            hugepages = pool.hugepages(),
+            "dataplane started"
+        );
+        Ok(Arc::new(Engine {
+            pool,
+            tables,
+            worker_count: workers.len(),
+            workers: Mutex::new(workers),
+            state: Mutex::new(State {
+                generation: 0,
+                shut_down: false,
+                gateway: Gateway::default(),
+                interfaces: BTreeMap::new(),
+                ports: Vec::new(),
+                routes: BTreeMap::new(),
+                adjacencies: AdjacencyTable::default(),
+                fib4: Lpm::new(),
+                fib6: Lpm::new(),
+            }),
+        }))
+    }
+
+    /// The buffer pool (for accounting checks).
+    pub fn pool(&self) -> &Arc<BufferPool> {
+        &self.pool
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, EngineError> {
+        let st = self.state.lock().expect("engine state poisoned");
+        if st.shut_down {
+            return Err(EngineError::ShuttingDown);
+        }
+        Ok(st)
+    }
+
+    /// Creates an interface, or confirms one with the same spec, or
+    /// replaces one of the same name with a different spec.
+    pub fn add_interface(&self, mut spec: InterfaceSpec) -> Result<InterfaceInfo, EngineError> {
+        validate_interface(&mut spec)?;
+        let mut st = self.lock()?;
+        if let Some(existing) = st.interfaces.get(&spec.name) {
+            if existing.spec == spec {
+                return Ok(self.info(&st, existing));
+            }
+            self.remove_interface(&mut st, &spec.name);
+        }
+        for other in st.interfaces.values() {
+            if let Some(a) = spec.addresses.iter().find(|a| other.spec.addresses.iter().any(|b| b.address() == a.address())) {
+                return Err(EngineError::Invalid(format!(
+                    "address {} already belongs to interface {:?}",
+                    a.address(),
+                    other.spec.name
+                )));
+            }
+        }
+        for a in &spec.addresses {
+            if let Some(r) = st.routes.get(&RouteKey::of(&a.host())) {
+                return Err(EngineError::Invalid(format!(
+                    "address {} is already routed by route {}",
+                    a.address(),
+                    r.spec.prefix
+                )));
+            }
+        }
+        let id = match st.ports.iter().position(Option::is_none) {
+            Some(i) => PortId(i as u16),
+            None if st.ports.len() < MAX_PORTS => {
+                st.ports.push(None);
+                PortId((st.ports.len() - 1) as u16)
+            }
+            None => return Err(EngineError::TooManyInterfaces),
+        };
+        let (port, ifindex): (Arc<dyn Port>, u32) = match &spec.kind {
+            InterfaceKindSpec::Tap(tap) => {
+                let queues = if tap.queues == 0 { self.worker_count as u16 } else { tap.queues };
+                let t = TapPort::create(&TapConfig {
+                    netns: tap.netns.clone(),
+                    ifname: tap.ifname.clone(),
+                    queues,
+                    mtu: spec.mtu,
+                    pod: tap.configure.then(|| PodNetConfig { addresses: spec.addresses.clone() }),
+                })?;
+                let ifindex = t.ifindex();
+                (t, ifindex)
+            }
+        };
+        let entry = PortEntry {
+            port: port.clone(),
+            name: Arc::from(spec.name.as_str()),
+            peer_mac: port.peer_mac(),
+            mtu: spec.mtu,
+            ipv4: spec
+                .addresses
+                .iter()
+                .filter_map(|a| match a.address() {
+                    IpAddr::V4(v) => Some(v),
+                    IpAddr::V6(_) => None,
+                })
+                .collect(),
+            ipv6: spec
+                .addresses
+                .iter()
+                .filter_map(|a| match a.address() {
+                    IpAddr::V6(v) => Some(v),
+                    IpAddr::V4(_) => None,
+                })
+                .collect(),
+        };
+        st.ports[id.index()] = Some(entry);
+        let iface = Iface { id, spec: spec.clone(), port, ifindex };
+        st.interfaces.insert(spec.name.clone(), iface);
+        for a in &spec.addresses {
+            let route = RouteSpec {
+                prefix: a.host(),
+                paths: vec![PathSpec { interface: spec.name.clone(), gateway: None }],
+                origin: RouteOrigin::Interface,
+            };
+            install_route(&mut st, route)?;
+        }
+        self.publish(&mut st);
+        tracing::info!(name = %spec.name, %id, "interface added");
+        Ok(self.info(&st, &st.interfaces[&spec.name]))
+    }
+
+    /// Removes an interface and its routes; `Ok(false)` if it did not exist.
+    pub fn delete_interface(&self, name: &str) -> Result<bool, EngineError> {
+        let mut st = self.lock()?;
+        let existed = self.remove_interface(&mut st, name);
+        if existed {
+            tracing::info!(name, "interface deleted");
+        }
+        Ok(existed)
+    }
+
+    /// Takes an interface out of the tables, publishes, then drops it
+    /// (which closes its device once no worker holds a queue on it).
+    fn remove_interface(&self, st: &mut State, name: &str) -> bool {
+        let Some(iface) = st.interfaces.remove(name) else {
+            return false;
+        };
+        let keys: Vec<RouteKey> = st
+            .routes
+            .iter()
+            .filter(|(_, r)| r.spec.paths.iter().any(|p| p.interface == name))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            let mut r = uninstall_route(st, k).expect("listed above");
+            r.paths.retain(|p| p.interface != name);
+            if r.origin == RouteOrigin::Api && !r.paths.is_empty() {
+                install_route(st, r).expect("remaining paths resolve");
+            }
+        }
+        st.ports[iface.id.index()] = None;
+        self.publish(st);
+        drop(iface);
+        true
+    }
+
+    pub fn interfaces(&self) -> Vec<InterfaceInfo> {
+        let st = self.state.lock().expect("engine state poisoned");
+        st.interfaces.values().map(|i| self.info(&st, i)).collect()
+    }
+
+    fn info(&self, st: &State, i: &Iface) -> InterfaceInfo {
+        let _ = st;
+        InterfaceInfo {
+            id: i.id,
+            spec: i.spec.clone(),
+            kind: i.port.kind(),
+            mac: i.port.peer_mac(),
+            ifindex: i.ifindex,
+            up: true,
+            stats: i.port.stats(),
+        }
+    }
+
+    /// Creates or replaces the route for `route.prefix` (as an `Api`
+    /// route). Every path's interface must exist.
+    pub fn add_route(&self, mut route: RouteSpec) -> Result<(), EngineError> {
+        route.origin = RouteOrigin::Api;
+        route.prefix = route.prefix.network();
+        if route.paths.is_empty() || route.paths.len() > MAX_PATHS {
+            return Err(EngineError::Invalid(format!("a route needs 1 to {MAX_PATHS} paths")));
+        }
+        let mut st = self.lock()?;
+        let key = RouteKey::of(&route.prefix);
+        match st.routes.get(&key) {
+            Some(r) if r.spec.origin == RouteOrigin::Interface => {
+                return Err(EngineError::Invalid(format!(
+                    "{} is the address of interface {:?}",
+                    route.prefix, r.spec.paths[0].interface
+                )))
+            }
+            Some(r) if r.spec == route => return Ok(()),
+            _ => {}
+        }
+        // Resolve before touching anything so a bad path changes nothing.
+        resolve_paths(&st, &route.paths)?;
+        if st.routes.contains_key(&key) {
+            uninstall_route(&mut st, key);
+        }
+        install_route(&mut st, route)?;
+        self.publish(&mut st);
+        Ok(())
+    }
+
+    /// Removes an API route; `Ok(false)` if there was none.
+    pub fn delete_route(&self, prefix: IpCidr) -> Result<bool, EngineError> {
+        let mut st = self.lock()?;
+        let key = RouteKey::of(&prefix);
+        match st.routes.get(&key) {
+            None => return Ok(false),
+            Some(r) if r.spec.origin == RouteOrigin::Interface => {
+                return Err(EngineError::Invalid(format!(
+                    "{} belongs to interface {:?}; delete the interface instead",
+                    prefix, r.spec.paths[0].interface
+                )))
+            }
+            Some(_) => {}
+        }
+        uninstall_route(&mut st, key);
+        self.publish(&mut st);
+        Ok(true)
+    }
+
+    /// All routes, interface host routes included, IPv4 first, by prefix.
+    pub fn routes(&self) -> Vec<RouteSpec> {
+        let st = self.state.lock().expect("engine state poisoned");
+        st.routes.values().map(|r| r.spec.clone()).collect()
+    }
+
+    pub fn counters(&self) -> CountersSnapshot {
+        let workers = self.workers.lock().expect("worker list poisoned");
+        let workers = workers
+            .iter()
+            .map(|w| {
+                let c = &w.shared.counters;
+                WorkerStats {
+                    worker: w.shared.id,
+                    core: w.shared.core,
+                    vectors: c.vectors.load(Ordering::Relaxed),
+                    packets: c.packets.load(Ordering::Relaxed),
+                    drops: DropReason::ALL
+                        .iter()
+                        .map(|r| (*r, c.drops[*r as usize].load(Ordering::Relaxed)))
+                        .filter(|(_, n)| *n > 0)
+                        .collect(),
+                }
+            })
+            .collect();
+        CountersSnapshot { workers, pool: self.pool.stats(), buffer_size: SLOT_SIZE as u32 }
+    }
+
+    /// Stops the workers and removes every interface. Idempotent.
+    pub fn shutdown(&self) {
+        let mut st = self.state.lock().expect("engine state poisoned");
+        if st.shut_down {
+            return;
+        }
+        st.shut_down = true;
+        let mut workers = self.workers.lock().expect("worker list poisoned");
+        for w in workers.iter() {
+            w.signal_stop();
+        }
+        for w in workers.iter_mut() {
+            w.join();
+        }
+        self.tables.store(Arc::new(Tables::default()));
+        let n = st.interfaces.len();
+        st.routes.clear();
+        st.ports.clear();
+        st.interfaces.clear();
+        tracing::info!(interfaces = n, "dataplane stopped");
+    }
+
+    /// Publishes the master state and waits until every worker runs it.
+    fn publish(&self, st: &mut State) {
+        st.generation += 1;
+        let tables = Tables {
+            generation: st.generation,
+            gateway: st.gateway,
+            fib4: st.fib4.clone(),
+            fib6: st.fib6.clone(),
+            adjacencies: st.adjacencies.snapshot(),
+            ports: Arc::from(st.ports.clone()),
+        };
+        self.tables.store(Arc::new(tables));
+        let workers = self.workers.lock().expect("worker list poisoned");
+        for w in workers.iter() {
+            w.shared.wake.notify();
+        }
+        let deadline = Instant::now() + PUBLISH_TIMEOUT;
+        for w in workers.iter() {
+            while w.shared.seen_generation.load(Ordering::Acquire) < st.generation {
+                if Instant::now() > deadline {
+                    tracing::error!(worker = w.shared.id, "worker did not pick up generation {}", st.generation);
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn validate_interface(spec: &mut InterfaceSpec) -> Result<(), EngineError> {
+    if spec.name.is_empty() {
+        return Err(EngineError::Invalid("interface name is empty".into()));
+    }
+    if spec.mtu == 0 {
+        spec.mtu = DEFAULT_MTU;
+    }
+    if !(576..=9000).contains(&spec.mtu) {
+        return Err(EngineError::Invalid(format!("mtu {} outside 576..=9000", spec.mtu)));
+    }
+    if spec.addresses.iter().any(|a| a.address().is_unspecified() || a.address().is_multicast()) {
+        return Err(EngineError::Invalid("interface addresses must be unicast".into()));
+    }
+    match &mut spec.kind {
+        InterfaceKindSpec::Tap(tap) => {
+            if tap.ifname.is_empty() {
+                tap.ifname = "eth0".into();
+            }
+            if tap.ifname.len() > 15 {
+                return Err(EngineError::Invalid(format!("ifname {:?} longer than 15 bytes", tap.ifname)));
+            }
+            if tap.netns.as_os_str().is_empty() {
+                return Err(EngineError::Invalid("tap.netns is empty".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves paths to adjacency paths (port, MAC, MTU).
+fn resolve_paths(st: &State, paths: &[PathSpec]) -> Result<Vec<AdjPath>, EngineError> {
+    let mut out: Vec<AdjPath> = paths
+        .iter()
+        .map(|p| {
+            let iface = st.interfaces.get(&p.interface).ok_or_else(|| EngineError::NoSuchInterface(p.interface.clone()))?;
+            let entry = st.ports[iface.id.index()].as_ref().expect("interface has a port");
+            Ok(AdjPath { port: iface.id, dst_mac: entry.peer_mac, mtu: entry.mtu })
+        })
+        .collect::<Result<_, EngineError>>()?;
+    // The same set of paths in any order is the same adjacency.
+    out.sort_by_key(|p| p.port);
+    Ok(out)
+}
+
+fn install_route(st: &mut State, route: RouteSpec) -> Result<(), EngineError> {
+    let paths = resolve_paths(st, &route.paths)?;
+    let adj = st.adjacencies.acquire(paths);
+    assert!(adj <= lpm::MAX_NEXT_HOP);
+    let key = RouteKey::of(&route.prefix);
+    match key {
+        RouteKey::V4(a, l) => st.fib4.insert(a, l, adj),
+        RouteKey::V6(a, l) => st.fib6.insert(a, l, adj),
+    }
+    st.routes.insert(key, RouteState { spec: route, adjacency: adj });
+    Ok(())
+}
+
+/// Removes a route from the FIB, restoring the covering route beneath it.
+fn uninstall_route(st: &mut State, key: RouteKey) -> Option<RouteSpec> {
+    let r = st.routes.remove(&key)?;
+    match key {
+        RouteKey::V4(a, l) => {
+            let cover = (0..l).rev().find_map(|d| {
+                let k = RouteKey::V4(lpm::LpmKey::mask(a, d), d);
+                st.routes.get(&k).map(|r| (d, r.adjacency))
+            });
+            st.fib4.remove(a, l, cover);
+        }
+        RouteKey::V6(a, l) => {
+            let cover = (0..l).rev().find_map(|d| {
+                let k = RouteKey::V6(lpm::LpmKey::mask(a, d), d);
+                st.routes.get(&k).map(|r| (d, r.adjacency))
+            });
+            st.fib6.remove(a, l, cover);
+        }
+    }
+    st.adjacencies.release(r.adjacency);
+    Some(r.spec)
+}

@@ -1,0 +1,194 @@
+//! The dataplane's object model as its API presents it: interfaces,
+//! routes and counters, in domain types. The gRPC layer converts these to
+//! and from protobuf; nothing here knows about the wire format of the API.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use caracal_wire::{EthernetAddress, Ipv4Cidr, Ipv6Cidr};
+
+use crate::buffer::PoolStats;
+use crate::graph::DropReason;
+use crate::port::{PortId, PortKind, PortStats};
+
+/// An IPv4 or IPv6 prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IpCidr {
+    V4(Ipv4Cidr),
+    V6(Ipv6Cidr),
+}
+
+impl IpCidr {
+    pub fn address(&self) -> IpAddr {
+        match self {
+            IpCidr::V4(c) => IpAddr::V4(c.address()),
+            IpCidr::V6(c) => IpAddr::V6(c.address()),
+        }
+    }
+
+    pub fn prefix_len(&self) -> u8 {
+        match self {
+            IpCidr::V4(c) => c.prefix_len(),
+            IpCidr::V6(c) => c.prefix_len(),
+        }
+    }
+
+    /// The same prefix with host bits cleared.
+    pub fn network(&self) -> IpCidr {
+        match self {
+            IpCidr::V4(c) => IpCidr::V4(Ipv4Cidr::new(c.network(), c.prefix_len()).expect("valid length")),
+            IpCidr::V6(c) => IpCidr::V6(Ipv6Cidr::new(c.network(), c.prefix_len()).expect("valid length")),
+        }
+    }
+
+    /// The host prefix (/32 or /128) of this prefix's address.
+    pub fn host(&self) -> IpCidr {
+        match self {
+            IpCidr::V4(c) => IpCidr::V4(Ipv4Cidr::new(c.address(), 32).expect("valid length")),
+            IpCidr::V6(c) => IpCidr::V6(Ipv6Cidr::new(c.address(), 128).expect("valid length")),
+        }
+    }
+}
+
+impl fmt::Display for IpCidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpCidr::V4(c) => c.fmt(f),
+            IpCidr::V6(c) => c.fmt(f),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid prefix {0:?}: expected ADDRESS[/LEN]")]
+pub struct BadPrefix(pub String);
+
+impl FromStr for IpCidr {
+    type Err = BadPrefix;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadPrefix(s.to_owned());
+        if s.contains(':') {
+            s.parse::<Ipv6Cidr>().map(IpCidr::V6).map_err(|_| bad())
+        } else {
+            s.parse::<Ipv4Cidr>().map(IpCidr::V4).map_err(|_| bad())
+        }
+    }
+}
+
+/// What to create for an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceSpec {
+    /// Unique key chosen by the client.
+    pub name: String,
+    /// The endpoint's own addresses; the only sources accepted from it.
+    pub addresses: Vec<IpCidr>,
+    /// IP MTU of the pod side, bytes.
+    pub mtu: u16,
+    pub kind: InterfaceKindSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterfaceKindSpec {
+    Tap(TapSpec),
+}
+
+/// A tap device created inside a network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapSpec {
+    pub netns: PathBuf,
+    /// Interface name inside the namespace.
+    pub ifname: String,
+    /// Queue pairs; 0 means one per worker.
+    pub queues: u16,
+    /// Also configure the pod side: up, MTU, addresses, gateway routes.
+    pub configure: bool,
+}
+
+/// An interface as the dataplane runs it.
+#[derive(Debug, Clone)]
+pub struct InterfaceInfo {
+    pub id: PortId,
+    pub spec: InterfaceSpec,
+    pub kind: PortKind,
+    /// MAC of the pod side.
+    pub mac: EthernetAddress,
+    /// Kernel ifindex inside its namespace (taps).
+    pub ifindex: u32,
+    pub up: bool,
+    pub stats: PortStats,
+}
+
+/// Who installed a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteOrigin {
+    /// Host route of an interface address; removed with the interface.
+    Interface,
+    /// Added through the routes API.
+    Api,
+}
+
+impl RouteOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteOrigin::Interface => "interface",
+            RouteOrigin::Api => "api",
+        }
+    }
+}
+
+/// One way out for a route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PathSpec {
+    /// Output interface name.
+    pub interface: String,
+    /// Next hop; `None` when the destination is on the link.
+    pub gateway: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub prefix: IpCidr,
+    /// One path, or several for ECMP.
+    pub paths: Vec<PathSpec>,
+    pub origin: RouteOrigin,
+}
+
+/// Counters of one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerStats {
+    pub worker: usize,
+    pub core: Option<usize>,
+    pub vectors: u64,
+    pub packets: u64,
+    /// Non-zero drop counters.
+    pub drops: Vec<(DropReason, u64)>,
+}
+
+/// Everything `GetCounters` reports.
+#[derive(Debug, Clone)]
+pub struct CountersSnapshot {
+    pub workers: Vec<WorkerStats>,
+    pub pool: PoolStats,
+    pub buffer_size: u32,
+}
+
+impl CountersSnapshot {
+    /// Drops summed over workers, by reason.
+    pub fn total_drops(&self) -> Vec<(DropReason, u64)> {
+        let mut totals = [0u64; DropReason::COUNT];
+        for w in &self.workers {
+            for &(r, n) in &w.drops {
+                totals[r as usize] += n;
+            }
+        }
+        DropReason::ALL
+            .iter()
+            .zip(totals)
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| (*r, n))
+            .collect()
+    }
+}

@@ -1,0 +1,4 @@
+//! Caracal's performance tooling: frame builders shared by the criterion
+//! benches (and, later, the packet generator and the comparison harness).
+
+pub mod frames;
