@@ -200,10 +200,28 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("caracalctl: {err:#}");
+            eprintln!("caracalctl: {}", describe(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, leaving out a cause that only
+/// repeats the message before it (transport errors wrap their io error
+/// and print it as their own).
+fn describe(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let message = cause.to_string();
+        if text.ends_with(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    text
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -480,6 +498,27 @@ mod tests {
             panic!()
         };
         assert_eq!(prefix, "::/0");
+    }
+
+    #[test]
+    fn describe_drops_repeated_causes() {
+        /// Prints its source's message as its own, as transport errors do.
+        #[derive(Debug)]
+        struct Echo(io::Error);
+        impl std::fmt::Display for Echo {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+        impl std::error::Error for Echo {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let err = anyhow::Error::new(Echo(io::Error::from(io::ErrorKind::NotFound)))
+            .context("connecting");
+        assert_eq!(err.chain().count(), 3);
+        assert_eq!(describe(&err), "connecting: entity not found");
     }
 
     #[test]

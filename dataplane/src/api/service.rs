@@ -12,7 +12,7 @@ use caracal_proto::dataplane as pb;
 use caracal_proto::dataplane::interfaces_server::Interfaces;
 use caracal_proto::dataplane::routes_server::Routes;
 use caracal_proto::dataplane::stats_server::Stats;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tracing::{debug, info, warn};
 
 use super::convert;
@@ -41,8 +41,15 @@ impl DataplaneApi {
         match tokio::task::spawn_blocking(move || call(&engine)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => {
-                warn!(call = what, error = %err, "engine call failed");
-                Err(convert::engine_error_to_status(err))
+                let status = convert::engine_error_to_status(err);
+                match status.code() {
+                    // The client's mistake, answered; nothing wrong here.
+                    Code::InvalidArgument | Code::NotFound | Code::AlreadyExists => {
+                        debug!(call = what, error = status.message(), "request refused");
+                    }
+                    _ => warn!(call = what, error = status.message(), "engine call failed"),
+                }
+                Err(status)
             }
             Err(join) => {
                 warn!(call = what, error = %join, "engine call panicked");
@@ -70,7 +77,6 @@ impl Interfaces for DataplaneApi {
         let spec = convert::interface_spec_from_proto(request.into_inner().spec)
             .map_err(|s| rejected(WHAT, s))?;
         let info = self.engine(WHAT, move |e| e.add_interface(spec)).await?;
-        info!(interface = %info.spec.name, id = info.id.0, mac = %info.mac, "interface added");
         Ok(Response::new(convert::interface_to_proto(info)))
     }
 
@@ -87,14 +93,8 @@ impl Interfaces for DataplaneApi {
             ));
         }
         let existed = self
-            .engine(WHAT, {
-                let name = name.clone();
-                move |e| e.delete_interface(&name)
-            })
+            .engine(WHAT, move |e| e.delete_interface(&name))
             .await?;
-        if existed {
-            info!(interface = %name, "interface deleted");
-        }
         Ok(Response::new(pb::DeleteInterfaceResponse { existed }))
     }
 
@@ -126,6 +126,7 @@ impl Routes for DataplaneApi {
         let prefix = route.prefix;
         let paths = route.paths.len();
         self.engine(WHAT, move |e| e.add_route(route)).await?;
+        // The engine logs interface changes itself, but not route changes.
         info!(%prefix, paths, "route added");
         Ok(Response::new(pb::AddRouteResponse {}))
     }

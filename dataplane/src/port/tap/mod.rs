@@ -5,7 +5,7 @@
 //! `/dev/net/tun` once per queue with `TUNSETIFF` (`IFF_TAP | IFF_NO_PI |
 //! IFF_MULTI_QUEUE`), so the device is born there and never crosses
 //! namespaces, reads its MAC and ifindex, and, when asked, configures the
-//! pod side over rtnetlink as Calico does ([`netlink`]). The queue
+//! pod side over rtnetlink as Calico does (the `netlink` submodule). The queue
 //! descriptors keep working from any thread once the creator has exited.
 //!
 //! Each worker takes one queue ([`Port::open_queue`]) and moves frames with
