@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::buffer::{BufferPool, BufferPoolConfig, SLOT_SIZE};
+use crate::buffer::{BufferPool, BufferPoolConfig, DATA_SIZE};
 use crate::config::EngineConfig;
 use crate::graph::DropReason;
 use crate::model::{
@@ -437,7 +437,7 @@ impl Engine {
                 }
             })
             .collect();
-        CountersSnapshot { workers, pool: self.pool.stats(), buffer_size: SLOT_SIZE as u32 }
+        CountersSnapshot { workers, pool: self.pool.stats(), buffer_size: DATA_SIZE as u32 }
     }
 
     /// Stops the workers and removes every interface. Idempotent.
