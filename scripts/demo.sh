@@ -60,7 +60,7 @@ iperf_pid=''
 # Kills whatever runs inside a namespace, then removes it.
 remove_namespace() {
     local ns=$1 pids
-    ip netns list | grep -qw -- "$ns" || return 0
+    [[ -e "/var/run/netns/$ns" ]] || return 0
     pids=$(ip netns pids "$ns" 2>/dev/null || true)
     if [[ -n "$pids" ]]; then
         # shellcheck disable=SC2086 # one pid per word
@@ -131,7 +131,7 @@ if [[ -f "$PID_FILE" ]]; then
     rm -f "$PID_FILE"
 fi
 for ns in "${NAMESPACES[@]}"; do
-    if ip netns list | grep -qw -- "$ns"; then
+    if [[ -e "/var/run/netns/$ns" ]]; then
         echo "removing namespace $ns"
         remove_namespace "$ns"
     fi
@@ -179,7 +179,8 @@ header "Ping a -> b over IPv6"
 in_pod "$a" ping -6 -c3 -W2 "${V6_PREFIX}2"
 
 header "Starting an iperf3 server in b"
-in_pod "$b" iperf3 --server >"$workdir/iperf3-server.log" 2>&1 &
+# Not through in_pod: $! must be iperf3's own pid (ip netns exec execs it).
+ip netns exec "$b" iperf3 --server >"$workdir/iperf3-server.log" 2>&1 &
 iperf_pid=$!
 for _ in $(seq 50); do
     ip netns exec "$b" ss -Hltn 'sport = :5201' | grep -q . && break

@@ -19,8 +19,8 @@ use crate::buffer::{BufferPool, BufferPoolConfig, DATA_SIZE};
 use crate::config::EngineConfig;
 use crate::graph::DropReason;
 use crate::model::{
-    CountersSnapshot, InterfaceInfo, InterfaceKindSpec, InterfaceSpec, IpCidr, PathSpec, RouteOrigin, RouteSpec,
-    WorkerStats,
+    CountersSnapshot, InterfaceInfo, InterfaceKindSpec, InterfaceSpec, IpCidr, PathSpec,
+    RouteOrigin, RouteSpec, WorkerStats,
 };
 use crate::port::tap::{PodNetConfig, TapConfig, TapPort};
 use crate::port::{Port, PortId};
@@ -167,7 +167,10 @@ impl Engine {
         if config.workers.is_empty() {
             return Err(EngineError::Invalid("at least one worker is needed".into()));
         }
-        let pool = BufferPool::new(&BufferPoolConfig { buffers: config.buffers, hugepages: config.hugepages })?;
+        let pool = BufferPool::new(&BufferPoolConfig {
+            buffers: config.buffers,
+            hugepages: config.hugepages,
+        })?;
         let tables = Arc::new(ArcSwap::from_pointee(Tables::default()));
         let mut workers = Vec::with_capacity(config.workers.len());
         for (id, core) in config.workers.iter().enumerate() {
@@ -233,7 +236,13 @@ impl Engine {
             self.remove_interface(&mut st, &spec.name);
         }
         for other in st.interfaces.values() {
-            if let Some(a) = spec.addresses.iter().find(|a| other.spec.addresses.iter().any(|b| b.address() == a.address())) {
+            if let Some(a) = spec.addresses.iter().find(|a| {
+                other
+                    .spec
+                    .addresses
+                    .iter()
+                    .any(|b| b.address() == a.address())
+            }) {
                 return Err(EngineError::Invalid(format!(
                     "address {} already belongs to interface {:?}",
                     a.address(),
@@ -260,13 +269,19 @@ impl Engine {
         };
         let (port, ifindex): (Arc<dyn Port>, u32) = match &spec.kind {
             InterfaceKindSpec::Tap(tap) => {
-                let queues = if tap.queues == 0 { self.worker_count as u16 } else { tap.queues };
+                let queues = if tap.queues == 0 {
+                    self.worker_count as u16
+                } else {
+                    tap.queues
+                };
                 let t = TapPort::create(&TapConfig {
                     netns: tap.netns.clone(),
                     ifname: tap.ifname.clone(),
                     queues,
                     mtu: spec.mtu,
-                    pod: tap.configure.then(|| PodNetConfig { addresses: spec.addresses.clone() }),
+                    pod: tap.configure.then(|| PodNetConfig {
+                        addresses: spec.addresses.clone(),
+                    }),
                 })?;
                 let ifindex = t.ifindex();
                 (t, ifindex)
@@ -295,12 +310,20 @@ impl Engine {
                 .collect(),
         };
         st.ports[id.index()] = Some(entry);
-        let iface = Iface { id, spec: spec.clone(), port, ifindex };
+        let iface = Iface {
+            id,
+            spec: spec.clone(),
+            port,
+            ifindex,
+        };
         st.interfaces.insert(spec.name.clone(), iface);
         for a in &spec.addresses {
             let route = RouteSpec {
                 prefix: a.host(),
-                paths: vec![PathSpec { interface: spec.name.clone(), gateway: None }],
+                paths: vec![PathSpec {
+                    interface: spec.name.clone(),
+                    gateway: None,
+                }],
                 origin: RouteOrigin::Interface,
             };
             install_route(&mut st, route)?;
@@ -369,7 +392,9 @@ impl Engine {
         route.origin = RouteOrigin::Api;
         route.prefix = route.prefix.network();
         if route.paths.is_empty() || route.paths.len() > MAX_PATHS {
-            return Err(EngineError::Invalid(format!("a route needs 1 to {MAX_PATHS} paths")));
+            return Err(EngineError::Invalid(format!(
+                "a route needs 1 to {MAX_PATHS} paths"
+            )));
         }
         let mut st = self.lock()?;
         let key = RouteKey::of(&route.prefix);
@@ -437,7 +462,11 @@ impl Engine {
                 }
             })
             .collect();
-        CountersSnapshot { workers, pool: self.pool.stats(), buffer_size: DATA_SIZE as u32 }
+        CountersSnapshot {
+            workers,
+            pool: self.pool.stats(),
+            buffer_size: DATA_SIZE as u32,
+        }
     }
 
     /// Stops the workers and removes every interface. Idempotent.
@@ -482,7 +511,11 @@ impl Engine {
         for w in workers.iter() {
             while w.shared.seen_generation.load(Ordering::Acquire) < st.generation {
                 if Instant::now() > deadline {
-                    tracing::error!(worker = w.shared.id, "worker did not pick up generation {}", st.generation);
+                    tracing::error!(
+                        worker = w.shared.id,
+                        "worker did not pick up generation {}",
+                        st.generation
+                    );
                     break;
                 }
                 std::thread::sleep(Duration::from_micros(50));
@@ -505,10 +538,19 @@ fn validate_interface(spec: &mut InterfaceSpec) -> Result<(), EngineError> {
         spec.mtu = DEFAULT_MTU;
     }
     if !(576..=9000).contains(&spec.mtu) {
-        return Err(EngineError::Invalid(format!("mtu {} outside 576..=9000", spec.mtu)));
+        return Err(EngineError::Invalid(format!(
+            "mtu {} outside 576..=9000",
+            spec.mtu
+        )));
     }
-    if spec.addresses.iter().any(|a| a.address().is_unspecified() || a.address().is_multicast()) {
-        return Err(EngineError::Invalid("interface addresses must be unicast".into()));
+    if spec
+        .addresses
+        .iter()
+        .any(|a| a.address().is_unspecified() || a.address().is_multicast())
+    {
+        return Err(EngineError::Invalid(
+            "interface addresses must be unicast".into(),
+        ));
     }
     match &mut spec.kind {
         InterfaceKindSpec::Tap(tap) => {
@@ -516,7 +558,10 @@ fn validate_interface(spec: &mut InterfaceSpec) -> Result<(), EngineError> {
                 tap.ifname = "eth0".into();
             }
             if tap.ifname.len() > 15 {
-                return Err(EngineError::Invalid(format!("ifname {:?} longer than 15 bytes", tap.ifname)));
+                return Err(EngineError::Invalid(format!(
+                    "ifname {:?} longer than 15 bytes",
+                    tap.ifname
+                )));
             }
             if tap.netns.as_os_str().is_empty() {
                 return Err(EngineError::Invalid("tap.netns is empty".into()));
@@ -531,9 +576,18 @@ fn resolve_paths(st: &State, paths: &[PathSpec]) -> Result<Vec<AdjPath>, EngineE
     let mut out: Vec<AdjPath> = paths
         .iter()
         .map(|p| {
-            let iface = st.interfaces.get(&p.interface).ok_or_else(|| EngineError::NoSuchInterface(p.interface.clone()))?;
-            let entry = st.ports[iface.id.index()].as_ref().expect("interface has a port");
-            Ok(AdjPath { port: iface.id, dst_mac: entry.peer_mac, mtu: entry.mtu })
+            let iface = st
+                .interfaces
+                .get(&p.interface)
+                .ok_or_else(|| EngineError::NoSuchInterface(p.interface.clone()))?;
+            let entry = st.ports[iface.id.index()]
+                .as_ref()
+                .expect("interface has a port");
+            Ok(AdjPath {
+                port: iface.id,
+                dst_mac: entry.peer_mac,
+                mtu: entry.mtu,
+            })
         })
         .collect::<Result<_, EngineError>>()?;
     // The same set of paths in any order is the same adjacency.
@@ -550,7 +604,13 @@ fn install_route(st: &mut State, route: RouteSpec) -> Result<(), EngineError> {
         RouteKey::V4(a, l) => st.fib4.insert(a, l, adj),
         RouteKey::V6(a, l) => st.fib6.insert(a, l, adj),
     }
-    st.routes.insert(key, RouteState { spec: route, adjacency: adj });
+    st.routes.insert(
+        key,
+        RouteState {
+            spec: route,
+            adjacency: adj,
+        },
+    );
     Ok(())
 }
 

@@ -38,8 +38,12 @@ impl IpCidr {
     /// The same prefix with host bits cleared.
     pub fn network(&self) -> IpCidr {
         match self {
-            IpCidr::V4(c) => IpCidr::V4(Ipv4Cidr::new(c.network(), c.prefix_len()).expect("valid length")),
-            IpCidr::V6(c) => IpCidr::V6(Ipv6Cidr::new(c.network(), c.prefix_len()).expect("valid length")),
+            IpCidr::V4(c) => {
+                IpCidr::V4(Ipv4Cidr::new(c.network(), c.prefix_len()).expect("valid length"))
+            }
+            IpCidr::V6(c) => {
+                IpCidr::V6(Ipv6Cidr::new(c.network(), c.prefix_len()).expect("valid length"))
+            }
         }
     }
 

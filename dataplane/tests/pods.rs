@@ -34,8 +34,18 @@ fn two_pods() -> TwoPods {
     let a = Netns::new("a");
     let b = Netns::new("b");
     let client = daemon.client();
-    add_tap_pod(&client, "default/a", &a, &[&format!("{A4}/32"), &format!("{A6}/128")]);
-    add_tap_pod(&client, "default/b", &b, &[&format!("{B4}/32"), &format!("{B6}/128")]);
+    add_tap_pod(
+        &client,
+        "default/a",
+        &a,
+        &[&format!("{A4}/32"), &format!("{A6}/128")],
+    );
+    add_tap_pod(
+        &client,
+        "default/b",
+        &b,
+        &[&format!("{B4}/32"), &format!("{B6}/128")],
+    );
     TwoPods { daemon, a, b }
 }
 
@@ -43,7 +53,11 @@ fn ping(ns: &Netns, args: &[&str]) -> String {
     let mut cmd = vec!["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2"];
     cmd.extend_from_slice(args);
     let out = ns.exec(&cmd);
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[test]
@@ -59,7 +73,10 @@ fn pods_exchange_icmp_tcp_udp_over_both_families() {
     for dst in [B4, B6] {
         let out = ping(&pods.a, &[dst]);
         assert!(out.contains(" 0% packet loss"), "ping {dst}:\n{out}");
-        assert!(out.contains("ttl=63"), "TTL/hop limit decremented once:\n{out}");
+        assert!(
+            out.contains("ttl=63"),
+            "TTL/hop limit decremented once:\n{out}"
+        );
     }
 
     for (a, b) in [(A4, B4), (A6, B6)] {
@@ -73,7 +90,9 @@ fn pods_exchange_icmp_tcp_udp_over_both_families() {
 /// Sends 1 MiB from pod a to pod b over TCP; b echoes it; a checks it.
 fn tcp_echo_1mib(pods: &TwoPods, a: &str, b: &str) {
     let server_addr = SocketAddr::new(b.parse().unwrap(), 5001);
-    let listener = run_in_netns(&pods.b.path(), || TcpListener::bind(server_addr)).unwrap().unwrap();
+    let listener = run_in_netns(&pods.b.path(), || TcpListener::bind(server_addr))
+        .unwrap()
+        .unwrap();
     let server = std::thread::spawn(move || {
         let (mut s, peer) = listener.accept().unwrap();
         let mut buf = vec![0u8; 64 * 1024];
@@ -88,10 +107,14 @@ fn tcp_echo_1mib(pods: &TwoPods, a: &str, b: &str) {
         }
         (total, peer)
     });
-    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let mut s = run_in_netns(&pods.a.path(), || TcpStream::connect_timeout(&server_addr, Duration::from_secs(5)))
-        .unwrap()
-        .unwrap_or_else(|e| panic!("connect {server_addr}: {e}"));
+    let data: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut s = run_in_netns(&pods.a.path(), || {
+        TcpStream::connect_timeout(&server_addr, Duration::from_secs(5))
+    })
+    .unwrap()
+    .unwrap_or_else(|e| panic!("connect {server_addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut reader = s.try_clone().unwrap();
     let expect = data.clone();
@@ -105,16 +128,28 @@ fn tcp_echo_1mib(pods: &TwoPods, a: &str, b: &str) {
     assert!(rx.join().unwrap(), "{a} -> {b}: echoed 1 MiB differs");
     let (total, peer) = server.join().unwrap();
     assert_eq!(total, data.len());
-    assert_eq!(peer.ip().to_string(), a, "server sees the pod's own address");
+    assert_eq!(
+        peer.ip().to_string(),
+        a,
+        "server sees the pod's own address"
+    );
 }
 
 fn udp_request_response(pods: &TwoPods, a: &str, b: &str) {
     let server_addr = SocketAddr::new(b.parse().unwrap(), 5002);
-    let server = run_in_netns(&pods.b.path(), || UdpSocket::bind(server_addr)).unwrap().unwrap();
+    let server = run_in_netns(&pods.b.path(), || UdpSocket::bind(server_addr))
+        .unwrap()
+        .unwrap();
     let client_addr = SocketAddr::new(a.parse().unwrap(), 0);
-    let client = run_in_netns(&pods.a.path(), || UdpSocket::bind(client_addr)).unwrap().unwrap();
-    server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let client = run_in_netns(&pods.a.path(), || UdpSocket::bind(client_addr))
+        .unwrap()
+        .unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     for i in 0..20u8 {
         let msg = vec![i; 100 + usize::from(i) * 50];
         client.send_to(&msg, server_addr).unwrap();
@@ -134,13 +169,25 @@ fn unrouted_and_expiring_packets_get_icmp_errors() {
     }
     let pods = two_pods();
     let out = ping(&pods.a, &["-c", "1", "10.66.0.1"]);
-    assert!(out.contains("From 169.254.1.1") && out.contains("Unreachable"), "{out}");
+    assert!(
+        out.contains("From 169.254.1.1") && out.contains("Unreachable"),
+        "{out}"
+    );
     let out = ping(&pods.a, &["-c", "1", "fd00:66::1"]);
-    assert!(out.contains("From fe80::ecee:eeff:feee:eeee") && out.contains("unreachable"), "{out}");
+    assert!(
+        out.contains("From fe80::ecee:eeff:feee:eeee") && out.contains("unreachable"),
+        "{out}"
+    );
     let out = ping(&pods.a, &["-c", "1", "-t", "1", B4]);
-    assert!(out.contains("From 169.254.1.1") && out.contains("Time to live exceeded"), "{out}");
+    assert!(
+        out.contains("From 169.254.1.1") && out.contains("Time to live exceeded"),
+        "{out}"
+    );
     let out = ping(&pods.a, &["-c", "1", "-t", "1", B6]);
-    assert!(out.contains("From fe80::ecee:eeff:feee:eeee") && out.contains("Time exceeded"), "{out}");
+    assert!(
+        out.contains("From fe80::ecee:eeff:feee:eeee") && out.contains("Time exceeded"),
+        "{out}"
+    );
     assert_no_buffer_in_use(&pods.daemon.client());
 }
 
@@ -151,17 +198,30 @@ fn send_raw_frames(ns: &Netns, frames: &[Vec<u8>]) {
         // pointer passed points at a live, correctly sized local.
         unsafe {
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
             let ifindex = libc::if_nametoindex(c"eth0".as_ptr());
             assert!(ifindex > 0);
             let mut sll: libc::sockaddr_ll = std::mem::zeroed();
             sll.sll_family = libc::AF_PACKET as u16;
             sll.sll_ifindex = ifindex as i32;
-            let r = libc::bind(fd, (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32);
+            let r = libc::bind(
+                fd,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
             assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
             for f in frames {
                 let n = libc::send(fd, f.as_ptr().cast(), f.len(), 0);
-                assert_eq!(n, f.len() as isize, "send: {}", std::io::Error::last_os_error());
+                assert_eq!(
+                    n,
+                    f.len() as isize,
+                    "send: {}",
+                    std::io::Error::last_os_error()
+                );
             }
             libc::close(fd);
         }
@@ -188,17 +248,36 @@ fn malformed_frames_are_dropped_and_counted() {
     fix_ip_checksum(&mut spoofed);
 
     let before = counters(&client);
-    send_raw_frames(&pods.a, &[bad_checksum.clone(), bad_ihl, truncated, spoofed, bad_checksum]);
-    let reasons = [("bad-checksum", 2), ("malformed", 1), ("truncated", 1), ("source-not-allowed", 1)];
+    send_raw_frames(
+        &pods.a,
+        &[
+            bad_checksum.clone(),
+            bad_ihl,
+            truncated,
+            spoofed,
+            bad_checksum,
+        ],
+    );
+    let reasons = [
+        ("bad-checksum", 2),
+        ("malformed", 1),
+        ("truncated", 1),
+        ("source-not-allowed", 1),
+    ];
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let after = counters(&client);
-        let deltas: Vec<u64> =
-            reasons.iter().map(|(r, _)| drops(&after, "ip4-input", r) - drops(&before, "ip4-input", r)).collect();
+        let deltas: Vec<u64> = reasons
+            .iter()
+            .map(|(r, _)| drops(&after, "ip4-input", r) - drops(&before, "ip4-input", r))
+            .collect();
         if deltas == reasons.iter().map(|(_, n)| *n).collect::<Vec<_>>() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "drop deltas {deltas:?}, want {reasons:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "drop deltas {deltas:?}, want {reasons:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // The dataplane is still forwarding.
@@ -251,7 +330,11 @@ fn sigterm_removes_the_taps() {
         return;
     }
     let mut pods = two_pods();
-    assert!(pods.a.exec(&["ip", "link", "show", "eth0"]).status.success());
+    assert!(pods
+        .a
+        .exec(&["ip", "link", "show", "eth0"])
+        .status
+        .success());
     assert!(pods.daemon.stop(), "dataplane exits 0 on SIGTERM");
     for ns in [&pods.a, &pods.b] {
         let out = ns.exec(&["ip", "link", "show", "eth0"]);

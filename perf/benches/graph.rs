@@ -31,7 +31,11 @@ struct Bench {
 }
 
 fn setup(v6: bool) -> Bench {
-    let pool = BufferPool::new(&BufferPoolConfig { buffers: 8192, hugepages: true }).unwrap();
+    let pool = BufferPool::new(&BufferPoolConfig {
+        buffers: 8192,
+        hugepages: true,
+    })
+    .unwrap();
     let cache = pool.cache();
     let src_mac = EthernetAddress([2, 0, 0, 0, 0, 1]);
     let dst_mac = EthernetAddress([2, 0, 0, 0, 0, 2]);
@@ -60,7 +64,12 @@ fn setup(v6: bool) -> Bench {
     };
     let mut tables = Tables {
         generation: 1,
-        adjacencies: vec![Adjacency::new(&[AdjPath { port: PortId(1), dst_mac, mtu: 1500 }])].into(),
+        adjacencies: vec![Adjacency::new(&[AdjPath {
+            port: PortId(1),
+            dst_mac,
+            mtu: 1500,
+        }])]
+        .into(),
         ports: vec![Some(entry(a.clone(), "a")), Some(entry(b.clone(), "b"))].into(),
         ..Tables::default()
     };
@@ -70,7 +79,14 @@ fn setup(v6: bool) -> Bench {
     }
     let rx = a.queue();
     let tx = b.open_queue(0).unwrap();
-    Bench { pool, cache, graph: Graph::new(), tables, rx, tx }
+    Bench {
+        pool,
+        cache,
+        graph: Graph::new(),
+        tables,
+        rx,
+        tx,
+    }
 }
 
 fn dst4(host: u32) -> Ipv4Addr {
@@ -85,8 +101,13 @@ impl Bench {
     /// One vector: rx, graph, tx. Returns packets forwarded.
     #[inline]
     fn vector(&mut self) -> usize {
-        let n = self.rx.rx_burst(PortId(0), &mut self.cache, self.graph.input());
-        let cx = Context { tables: &self.tables, now_ns: 0 };
+        let n = self
+            .rx
+            .rx_burst(PortId(0), &mut self.cache, self.graph.input());
+        let cx = Context {
+            tables: &self.tables,
+            now_ns: 0,
+        };
         self.graph.run(&self.pool, &mut self.cache, &cx);
         let out: &mut Frame = self.graph.output();
         let sent = out.len();
@@ -113,16 +134,16 @@ fn cycles_per_packet(b: &mut Bench) -> f64 {
 #[allow(unsafe_code)]
 fn tsc() -> u64 {
     // SAFETY: rdtsc has no preconditions.
-    unsafe {
-        core::arch::x86_64::_rdtsc()
-    }
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 fn bench(c: &mut Criterion) {
     for (name, v6) in [("ip4-forward", false), ("ip6-forward", true)] {
         let mut b = setup(v6);
         let cpp = cycles_per_packet(&mut b);
-        println!("{name}: {cpp:.1} TSC cycles/packet (rx copy + graph + tx, 64 B, {ROUTES} routes)");
+        println!(
+            "{name}: {cpp:.1} TSC cycles/packet (rx copy + graph + tx, 64 B, {ROUTES} routes)"
+        );
         let mut g = c.benchmark_group(name);
         g.throughput(Throughput::Elements(VECTOR as u64));
         g.bench_function("vector-256", |bencher| bencher.iter(|| b.vector()));

@@ -3,13 +3,21 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use caracal_wire::{EtherType, EthernetAddress, EthernetFrame, IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket};
+use caracal_wire::{
+    EtherType, EthernetAddress, EthernetFrame, IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket,
+};
 
 /// The gateway MAC every pod sends to.
 pub const GATEWAY_MAC: EthernetAddress = EthernetAddress([0xee; 6]);
 
 /// An Ethernet/IPv4/UDP frame of `frame_len` bytes (at least 42).
-pub fn udp4(src_mac: EthernetAddress, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, frame_len: usize) -> Vec<u8> {
+pub fn udp4(
+    src_mac: EthernetAddress,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    frame_len: usize,
+) -> Vec<u8> {
     let frame_len = frame_len.max(42);
     let mut f = vec![0u8; frame_len];
     ethernet(&mut f, src_mac, EtherType::IPV4);
@@ -32,7 +40,13 @@ pub fn udp4(src_mac: EthernetAddress, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, 
 }
 
 /// An Ethernet/IPv6/UDP frame of `frame_len` bytes (at least 62).
-pub fn udp6(src_mac: EthernetAddress, src: Ipv6Addr, dst: Ipv6Addr, sport: u16, frame_len: usize) -> Vec<u8> {
+pub fn udp6(
+    src_mac: EthernetAddress,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    frame_len: usize,
+) -> Vec<u8> {
     let frame_len = frame_len.max(62);
     let mut f = vec![0u8; frame_len];
     ethernet(&mut f, src_mac, EtherType::IPV6);
@@ -70,11 +84,15 @@ mod tests {
         let f = udp4(mac, s, d, 1, 64);
         let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
         assert!(ip.verify_checksum());
-        assert!(UdpPacket::new_checked(ip.payload()).unwrap().verify_checksum_v4(&s, &d));
+        assert!(UdpPacket::new_checked(ip.payload())
+            .unwrap()
+            .verify_checksum_v4(&s, &d));
         let (s6, d6) = ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap());
         let f = udp6(mac, s6, d6, 1, 64);
         assert_eq!(f.len(), 64);
         let ip = Ipv6Packet::new_checked(&f[14..]).unwrap();
-        assert!(UdpPacket::new_checked(ip.payload()).unwrap().verify_checksum_v6(&s6, &d6));
+        assert!(UdpPacket::new_checked(ip.payload())
+            .unwrap()
+            .verify_checksum_v6(&s6, &d6));
     }
 }

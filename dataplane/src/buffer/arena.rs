@@ -30,7 +30,10 @@ pub struct BufferPoolConfig {
 
 impl Default for BufferPoolConfig {
     fn default() -> Self {
-        BufferPoolConfig { buffers: 16 * 1024, hugepages: true }
+        BufferPoolConfig {
+            buffers: 16 * 1024,
+            hugepages: true,
+        }
     }
 }
 
@@ -41,7 +44,10 @@ pub enum BufferPoolError {
     #[error("buffer index space exhausted")]
     IndexSpaceExhausted,
     #[error("cannot map {bytes} bytes of buffer memory: {source}")]
-    Map { bytes: usize, source: std::io::Error },
+    Map {
+        bytes: usize,
+        source: std::io::Error,
+    },
 }
 
 /// A snapshot of a pool's accounting.
@@ -159,12 +165,15 @@ impl BufferPool {
             return Err(BufferPoolError::BadSize(count));
         }
         let index_base = NEXT_INDEX_BASE
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_add(count))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                b.checked_add(count)
+            })
             .map_err(|_| BufferPoolError::IndexSpaceExhausted)?;
         let map = Mapping::new(count as usize * SLOT_SIZE, config.hugepages)?;
         let free = ArrayQueue::new(count as usize);
         for i in 0..count {
-            free.push(index_base + i).expect("free list sized to the pool");
+            free.push(index_base + i)
+                .expect("free list sized to the pool");
         }
         Ok(Arc::new(BufferPool {
             map,
@@ -213,7 +222,12 @@ impl BufferPool {
             .lock()
             .expect("cache list poisoned")
             .push(published.clone());
-        BufferCache { pool: self.clone(), len: 0, slots: [0; CACHE_CAPACITY], published }
+        BufferCache {
+            pool: self.clone(),
+            len: 0,
+            slots: [0; CACHE_CAPACITY],
+            published,
+        }
     }
 
     #[inline]
@@ -221,7 +235,10 @@ impl BufferPool {
         let i = index.wrapping_sub(self.index_base);
         // A token from another pool falls outside this range: indices are
         // unique per process, so this is a logic error, not a data race.
-        assert!(i < self.count, "buffer {index} does not belong to this pool");
+        assert!(
+            i < self.count,
+            "buffer {index} does not belong to this pool"
+        );
         // SAFETY: `i < count`, so the offset stays inside the mapping.
         unsafe { self.map.base.as_ptr().add(i as usize * SLOT_SIZE) }
     }
@@ -358,7 +375,11 @@ mod tests {
     use crate::port::PortId;
 
     fn small_pool(n: u32) -> Arc<BufferPool> {
-        BufferPool::new(&BufferPoolConfig { buffers: n, hugepages: false }).unwrap()
+        BufferPool::new(&BufferPoolConfig {
+            buffers: n,
+            hugepages: false,
+        })
+        .unwrap()
     }
 
     #[test]

@@ -18,7 +18,10 @@ pub struct Frame {
 
 impl Default for Frame {
     fn default() -> Self {
-        Frame { len: 0, slots: [0; FRAME_SIZE] }
+        Frame {
+            len: 0,
+            slots: [0; FRAME_SIZE],
+        }
     }
 }
 
@@ -82,7 +85,11 @@ impl Frame {
     pub fn drain(&mut self) -> Drain<'_> {
         let len = self.len;
         self.len = 0;
-        Drain { frame: self, pos: 0, len }
+        Drain {
+            frame: self,
+            pos: 0,
+            len,
+        }
     }
 }
 

@@ -90,7 +90,11 @@ impl Meta {
             tx_port: PortId::INVALID,
             adjacency: 0,
             flow_hash: 0,
-            icmp_error: IcmpErrorRequest { msg_type: 0, code: 0, mtu: 0 },
+            icmp_error: IcmpErrorRequest {
+                msg_type: 0,
+                code: 0,
+                mtu: 0,
+            },
         }
     }
 }

@@ -80,7 +80,12 @@ mod tests {
     fn names_are_unique_per_node() {
         let mut seen = std::collections::HashSet::new();
         for r in DropReason::ALL {
-            assert!(seen.insert((r.node(), r.name())), "duplicate {}/{}", r.node(), r.name());
+            assert!(
+                seen.insert((r.node(), r.name())),
+                "duplicate {}/{}",
+                r.node(),
+                r.name()
+            );
             assert!(!r.description().is_empty());
         }
     }

@@ -208,20 +208,53 @@ impl Graph {
                 }
                 ran = true;
                 std::mem::swap(&mut *self.scratch, &mut self.frames[id as usize]);
-                let (input, frames, counters) = (&mut *self.scratch, &mut *self.frames, &mut self.counters);
+                let (input, frames, counters) =
+                    (&mut *self.scratch, &mut *self.frames, &mut self.counters);
                 let n = &mut self.nodes;
                 match id {
-                    NodeId::EthernetInput => drive(&mut n.ethernet, input, frames, pool, cache, cx, counters),
+                    NodeId::EthernetInput => {
+                        drive(&mut n.ethernet, input, frames, pool, cache, cx, counters)
+                    }
                     NodeId::ArpInput => drive(&mut n.arp, input, frames, pool, cache, cx, counters),
-                    NodeId::Ip6Ndisc => drive(&mut n.ndisc, input, frames, pool, cache, cx, counters),
-                    NodeId::Ip4Input => drive(&mut n.ip4_input, input, frames, pool, cache, cx, counters),
-                    NodeId::Ip6Input => drive(&mut n.ip6_input, input, frames, pool, cache, cx, counters),
-                    NodeId::Ip4IcmpError => drive(&mut n.ip4_icmp_error, input, frames, pool, cache, cx, counters),
-                    NodeId::Ip6IcmpError => drive(&mut n.ip6_icmp_error, input, frames, pool, cache, cx, counters),
-                    NodeId::Ip4Lookup => drive(&mut n.ip4_lookup, input, frames, pool, cache, cx, counters),
-                    NodeId::Ip6Lookup => drive(&mut n.ip6_lookup, input, frames, pool, cache, cx, counters),
-                    NodeId::Ip4Rewrite => drive(&mut n.ip4_rewrite, input, frames, pool, cache, cx, counters),
-                    NodeId::Ip6Rewrite => drive(&mut n.ip6_rewrite, input, frames, pool, cache, cx, counters),
+                    NodeId::Ip6Ndisc => {
+                        drive(&mut n.ndisc, input, frames, pool, cache, cx, counters)
+                    }
+                    NodeId::Ip4Input => {
+                        drive(&mut n.ip4_input, input, frames, pool, cache, cx, counters)
+                    }
+                    NodeId::Ip6Input => {
+                        drive(&mut n.ip6_input, input, frames, pool, cache, cx, counters)
+                    }
+                    NodeId::Ip4IcmpError => drive(
+                        &mut n.ip4_icmp_error,
+                        input,
+                        frames,
+                        pool,
+                        cache,
+                        cx,
+                        counters,
+                    ),
+                    NodeId::Ip6IcmpError => drive(
+                        &mut n.ip6_icmp_error,
+                        input,
+                        frames,
+                        pool,
+                        cache,
+                        cx,
+                        counters,
+                    ),
+                    NodeId::Ip4Lookup => {
+                        drive(&mut n.ip4_lookup, input, frames, pool, cache, cx, counters)
+                    }
+                    NodeId::Ip6Lookup => {
+                        drive(&mut n.ip6_lookup, input, frames, pool, cache, cx, counters)
+                    }
+                    NodeId::Ip4Rewrite => {
+                        drive(&mut n.ip4_rewrite, input, frames, pool, cache, cx, counters)
+                    }
+                    NodeId::Ip6Rewrite => {
+                        drive(&mut n.ip6_rewrite, input, frames, pool, cache, cx, counters)
+                    }
                     NodeId::InterfaceOutput => unreachable!("output is the worker's"),
                 }
                 debug_assert!(self.scratch.is_empty());

@@ -51,7 +51,12 @@ impl LoopbackPort {
     }
 
     /// A port whose rx never runs dry: it cycles over `templates`.
-    pub fn with_templates(mac: EthernetAddress, mtu: u16, sink: Sink, templates: Vec<Vec<u8>>) -> Arc<Self> {
+    pub fn with_templates(
+        mac: EthernetAddress,
+        mtu: u16,
+        sink: Sink,
+        templates: Vec<Vec<u8>>,
+    ) -> Arc<Self> {
         assert!(templates.iter().all(|t| t.len() <= DATA_SIZE));
         Arc::new(LoopbackPort {
             mac,
@@ -75,7 +80,10 @@ impl LoopbackPort {
 
     /// A queue on this port, for driving the graph without a worker.
     pub fn queue(self: &Arc<Self>) -> LoopbackQueue {
-        LoopbackQueue { port: self.clone(), next_template: 0 }
+        LoopbackQueue {
+            port: self.clone(),
+            next_template: 0,
+        }
     }
 }
 
@@ -85,7 +93,10 @@ impl Port for LoopbackPort {
     }
 
     fn caps(&self) -> PortCaps {
-        PortCaps { queues: 1, mtu: self.mtu }
+        PortCaps {
+            queues: 1,
+            mtu: self.mtu,
+        }
     }
 
     fn peer_mac(&self) -> EthernetAddress {
@@ -103,7 +114,10 @@ impl Port for LoopbackPort {
             shared: self.shared.clone(),
             counters: self.counters.clone(),
         });
-        Some(Box::new(LoopbackQueue { port, next_template: 0 }))
+        Some(Box::new(LoopbackQueue {
+            port,
+            next_template: 0,
+        }))
     }
 
     fn stats(&self) -> PortStats {
@@ -125,7 +139,9 @@ impl PortQueue for LoopbackQueue {
         if self.port.templates.is_empty() {
             let mut shared = self.port.shared.lock().expect("poisoned");
             while !out.is_full() {
-                let Some(frame) = shared.inject.pop_front() else { break };
+                let Some(frame) = shared.inject.pop_front() else {
+                    break;
+                };
                 let Some(mut b) = cache.alloc() else {
                     shared.inject.push_front(frame);
                     bump(&self.port.counters.rx_no_buffer, 1);
@@ -159,7 +175,8 @@ impl PortQueue for LoopbackQueue {
     fn tx_burst(&mut self, cache: &mut BufferCache, pkts: &mut Frame) {
         let mut n = 0;
         let mut bytes = 0;
-        let mut shared = (self.port.sink == Sink::Capture).then(|| self.port.shared.lock().expect("poisoned"));
+        let mut shared =
+            (self.port.sink == Sink::Capture).then(|| self.port.shared.lock().expect("poisoned"));
         for mut b in pkts.drain() {
             let p = cache.pool().packet(&mut b);
             bytes += p.len();

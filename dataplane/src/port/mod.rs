@@ -129,8 +129,12 @@ pub trait PortQueue: Send + fmt::Debug {
     /// Receives up to `out.room()` packets into buffers from `cache`,
     /// appending them to `out` with `Meta::received(port, len)` set.
     /// Returns the number received.
-    fn rx_burst(&mut self, port: crate::port::PortId, cache: &mut BufferCache, out: &mut Frame)
-        -> usize;
+    fn rx_burst(
+        &mut self,
+        port: crate::port::PortId,
+        cache: &mut BufferCache,
+        out: &mut Frame,
+    ) -> usize;
     /// Sends every packet of `pkts` (emptying it); buffers go back to
     /// `cache` whether sent or not. Failures are counted, not returned.
     fn tx_burst(&mut self, cache: &mut BufferCache, pkts: &mut Frame);

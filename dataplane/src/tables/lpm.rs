@@ -215,7 +215,11 @@ impl<K: LpmKey> Lpm<K> {
             let g = self.entry(parent, i) & !EXT;
             let base = g as usize * GROUP_SIZE;
             let first = self.groups[base];
-            if first & EXT != 0 || self.groups[base..base + GROUP_SIZE].iter().any(|&e| e != first) {
+            if first & EXT != 0
+                || self.groups[base..base + GROUP_SIZE]
+                    .iter()
+                    .any(|&e| e != first)
+            {
                 break;
             }
             self.set_entry(parent, i, first);
@@ -224,7 +228,12 @@ impl<K: LpmKey> Lpm<K> {
     }
 
     /// Updates one entry, pushing the update into child groups.
-    fn update_entry(&mut self, table: Option<u32>, i: usize, update: impl Fn(u32) -> Option<u32> + Copy) {
+    fn update_entry(
+        &mut self,
+        table: Option<u32>,
+        i: usize,
+        update: impl Fn(u32) -> Option<u32> + Copy,
+    ) {
         let e = self.entry(table, i);
         if e & EXT != 0 {
             let g = e & !EXT;
@@ -233,7 +242,11 @@ impl<K: LpmKey> Lpm<K> {
             }
             let base = g as usize * GROUP_SIZE;
             let first = self.groups[base];
-            if first & EXT == 0 && self.groups[base..base + GROUP_SIZE].iter().all(|&x| x == first) {
+            if first & EXT == 0
+                && self.groups[base..base + GROUP_SIZE]
+                    .iter()
+                    .all(|&x| x == first)
+            {
                 self.set_entry(table, i, first);
                 self.free_groups.push(g);
             }
@@ -288,7 +301,9 @@ mod tests {
 
     impl<K: LpmKey> Default for Reference<K> {
         fn default() -> Self {
-            Reference { routes: HashMap::new() }
+            Reference {
+                routes: HashMap::new(),
+            }
         }
     }
 
@@ -301,7 +316,9 @@ mod tests {
                 .map(|(_, nh)| *nh)
         }
         fn covering(&self, p: K, len: u8) -> Option<(u8, u32)> {
-            (0..len).rev().find_map(|l| self.routes.get(&(p.mask(l), l)).map(|nh| (l, *nh)))
+            (0..len)
+                .rev()
+                .find_map(|l| self.routes.get(&(p.mask(l), l)).map(|nh| (l, *nh)))
         }
     }
 
@@ -354,7 +371,11 @@ mod tests {
                 t.remove(p, len, r.covering(p, len));
             }
         }
-        for a in probes.iter().copied().chain(r.routes.keys().map(|(p, _)| *p)) {
+        for a in probes
+            .iter()
+            .copied()
+            .chain(r.routes.keys().map(|(p, _)| *p))
+        {
             prop_assert_eq!(t.lookup(a), r.lookup(a), "address {:?}", a);
         }
         Ok(())
@@ -362,7 +383,11 @@ mod tests {
 
     /// Prefixes drawn near each other so they nest and overlap.
     fn v4_prefix() -> impl Strategy<Value = (u32, u8)> {
-        (prop::sample::select(vec![0x0a000000u32, 0x0a010000, 0xc0a80000]), any::<u16>(), 0u8..=32)
+        (
+            prop::sample::select(vec![0x0a000000u32, 0x0a010000, 0xc0a80000]),
+            any::<u16>(),
+            0u8..=32,
+        )
             .prop_map(|(base, low, len)| (base | u32::from(low), len))
     }
 

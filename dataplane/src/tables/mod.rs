@@ -60,7 +60,10 @@ impl Adjacency {
     /// If `paths` is empty or longer than [`MAX_PATHS`].
     pub fn new(paths: &[AdjPath]) -> Self {
         assert!(!paths.is_empty() && paths.len() <= MAX_PATHS);
-        let mut a = Adjacency { paths: [paths[0]; MAX_PATHS], count: paths.len() as u8 };
+        let mut a = Adjacency {
+            paths: [paths[0]; MAX_PATHS],
+            count: paths.len() as u8,
+        };
         a.paths[..paths.len()].copy_from_slice(paths);
         a
     }

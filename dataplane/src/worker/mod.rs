@@ -94,16 +94,21 @@ impl WorkerHandle {
         let epoll = Epoll::new()?;
         epoll.add(shared.wake.raw(), WAKE_TOKEN)?;
         let s = shared.clone();
-        let thread = std::thread::Builder::new().name(format!("caracal-wk{id}")).spawn(move || {
-            if let Some(core) = core {
-                if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                    tracing::warn!(worker = id, core, "could not pin worker to its core");
+        let thread = std::thread::Builder::new()
+            .name(format!("caracal-wk{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                        tracing::warn!(worker = id, core, "could not pin worker to its core");
+                    }
                 }
-            }
-            let mut w = Worker::new(s, mode, pool, tables, epoll);
-            w.run();
-        })?;
-        Ok(WorkerHandle { shared, thread: Some(thread) })
+                let mut w = Worker::new(s, mode, pool, tables, epoll);
+                w.run();
+            })?;
+        Ok(WorkerHandle {
+            shared,
+            thread: Some(thread),
+        })
     }
 
     /// Asks the worker to stop (returns at once).
@@ -187,10 +192,17 @@ impl Worker {
                 WorkerMode::Adaptive if idle_polls >= IDLE_POLLS_BEFORE_SLEEP => SLEEP_MS,
                 _ => 0,
             };
-            let timeout = if self.always_poll.is_empty() { timeout } else { 0 };
+            let timeout = if self.always_poll.is_empty() {
+                timeout
+            } else {
+                0
+            };
             let ready = self.epoll.wait(&mut tokens, timeout);
             let now_ns = self.start.elapsed().as_nanos() as u64;
-            let cx = Context { tables: &tables, now_ns };
+            let cx = Context {
+                tables: &tables,
+                now_ns,
+            };
             let mut received = 0;
             for &t in &tokens[..ready] {
                 if t == WAKE_TOKEN {
@@ -202,7 +214,11 @@ impl Worker {
             for i in 0..self.always_poll.len() {
                 received += self.poll(self.always_poll[i], &cx);
             }
-            idle_polls = if received == 0 { idle_polls.saturating_add(1) } else { 0 };
+            idle_polls = if received == 0 {
+                idle_polls.saturating_add(1)
+            } else {
+                0
+            };
             self.cache.publish();
         }
         // Closing our queues and returning our buffers happens on drop.
@@ -214,7 +230,9 @@ impl Worker {
         let Some(Some(slot)) = self.queues.get_mut(port.index()) else {
             return 0;
         };
-        let n = slot.queue.rx_burst(port, &mut self.cache, self.graph.input());
+        let n = slot
+            .queue
+            .rx_burst(port, &mut self.cache, self.graph.input());
         if n == 0 {
             return 0;
         }
@@ -287,29 +305,48 @@ impl Worker {
             }
             let Some(entry) = wanted else { continue };
             let Some(queue) = entry.port.open_queue(self.shared.id) else {
-                tracing::warn!(worker = self.shared.id, port = i, "no queue for this worker");
+                tracing::warn!(
+                    worker = self.shared.id,
+                    port = i,
+                    "no queue for this worker"
+                );
                 continue;
             };
             let polled_by_epoll = match queue.rx_fd() {
                 Some(fd) => match self.epoll.add(fd, i as u64) {
                     Ok(()) => true,
                     Err(e) => {
-                        tracing::warn!(worker = self.shared.id, port = i, "epoll: {e}; polling instead");
+                        tracing::warn!(
+                            worker = self.shared.id,
+                            port = i,
+                            "epoll: {e}; polling instead"
+                        );
                         false
                     }
                 },
                 None => false,
             };
-            *slot = Some(QueueSlot { port: entry.port.clone(), queue, pending: Frame::new(), polled_by_epoll });
+            *slot = Some(QueueSlot {
+                port: entry.port.clone(),
+                queue,
+                pending: Frame::new(),
+                polled_by_epoll,
+            });
         }
         self.always_poll = self
             .queues
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.as_ref().filter(|s| !s.polled_by_epoll).map(|_| PortId(i as u16)))
+            .filter_map(|(i, s)| {
+                s.as_ref()
+                    .filter(|s| !s.polled_by_epoll)
+                    .map(|_| PortId(i as u16))
+            })
             .collect();
         self.generation = tables.generation;
-        self.shared.seen_generation.store(tables.generation, Ordering::Release);
+        self.shared
+            .seen_generation
+            .store(tables.generation, Ordering::Release);
     }
 }
 

@@ -59,7 +59,10 @@ impl Epoll {
 
     /// Watches `fd` for input, reporting `token` when it is readable.
     pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
         // SAFETY: `ev` is a valid epoll_event; the kernel copies it.
         let r = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
         if r < 0 {
@@ -82,7 +85,12 @@ impl Epoll {
         // SAFETY: `events` has room for MAX_EVENTS entries, as we tell the
         // kernel.
         let n = unsafe {
-            libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), MAX_EVENTS as i32, timeout_ms)
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                MAX_EVENTS as i32,
+                timeout_ms,
+            )
         };
         let n = n.max(0) as usize; // EINTR counts as "nothing ready"
         for (t, e) in tokens.iter_mut().zip(&events[..n]) {

@@ -18,7 +18,11 @@ pub fn privileged() -> bool {
     // SAFETY-free check: effective uid via /proc.
     let root = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false);
     if root {
         return true;
@@ -35,7 +39,12 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// A name unique to this process and call, short enough for an ifname.
 pub fn unique(tag: &str) -> String {
-    format!("cr{}{}-{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed), tag)
+    format!(
+        "cr{}{}-{}",
+        std::process::id() % 100_000,
+        SEQ.fetch_add(1, Ordering::Relaxed),
+        tag
+    )
 }
 
 /// A network namespace, deleted on drop.
@@ -59,19 +68,27 @@ impl Netns {
     pub fn exec(&self, cmd: &[&str]) -> Output {
         let mut args = vec!["netns", "exec", &self.name];
         args.extend_from_slice(cmd);
-        Command::new("ip").args(&args).output().expect("ip netns exec")
+        Command::new("ip")
+            .args(&args)
+            .output()
+            .expect("ip netns exec")
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 /// Runs a command and insists it succeeds.
 pub fn run(cmd: &str, args: &[&str]) -> Output {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(
         out.status.success(),
         "{cmd} {args:?} failed: {}{}",
@@ -103,7 +120,11 @@ impl Daemon {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start caracal-dataplane");
-        let d = Daemon { child: Some(child), socket, dir };
+        let d = Daemon {
+            child: Some(child),
+            socket,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !d.socket.exists() {
             assert!(Instant::now() < deadline, "dataplane socket did not appear");
@@ -118,8 +139,12 @@ impl Daemon {
 
     /// Sends SIGTERM and waits; returns whether it exited with status 0.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return true };
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -147,12 +172,23 @@ impl Drop for Daemon {
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     RUNTIME
-        .get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap())
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap()
+        })
         .block_on(f)
 }
 
 /// Adds a tap pod with the given addresses, configured inside `ns`.
-pub fn add_tap_pod(client: &DataplaneClient, name: &str, ns: &Netns, addresses: &[&str]) -> pb::Interface {
+pub fn add_tap_pod(
+    client: &DataplaneClient,
+    name: &str,
+    ns: &Netns,
+    addresses: &[&str],
+) -> pb::Interface {
     let mut c = client.interfaces.clone();
     let req = pb::AddInterfaceRequest {
         spec: Some(pb::InterfaceSpec {
@@ -167,17 +203,25 @@ pub fn add_tap_pod(client: &DataplaneClient, name: &str, ns: &Netns, addresses: 
             })),
         }),
     };
-    block_on(c.add_interface(req)).expect("AddInterface").into_inner()
+    block_on(c.add_interface(req))
+        .expect("AddInterface")
+        .into_inner()
 }
 
 pub fn counters(client: &DataplaneClient) -> pb::Counters {
     let mut c = client.stats.clone();
-    block_on(c.get_counters(pb::GetCountersRequest {})).expect("GetCounters").into_inner()
+    block_on(c.get_counters(pb::GetCountersRequest {}))
+        .expect("GetCounters")
+        .into_inner()
 }
 
 /// Total drops for `node`/`reason` over all workers.
 pub fn drops(c: &pb::Counters, node: &str, reason: &str) -> u64 {
-    c.drops.iter().filter(|d| d.node == node && d.reason == reason).map(|d| d.count).sum()
+    c.drops
+        .iter()
+        .filter(|d| d.node == node && d.reason == reason)
+        .map(|d| d.count)
+        .sum()
 }
 
 /// Waits until no buffer is in use (workers publish their caches once
@@ -190,7 +234,11 @@ pub fn assert_no_buffer_in_use(client: &DataplaneClient) {
             assert_eq!(b.free, b.total);
             return;
         }
-        assert!(Instant::now() < deadline, "{} buffers still in use: {b:?}", b.in_use);
+        assert!(
+            Instant::now() < deadline,
+            "{} buffers still in use: {b:?}",
+            b.in_use
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -31,8 +31,11 @@ impl Node for ArpInput {
         if arp.operation() != Operation::REQUEST {
             return Next::Drop(DropReason::ArpNotRequest);
         }
-        let (sha, spa, tpa) =
-            (arp.source_hardware_addr(), arp.source_protocol_addr(), arp.target_protocol_addr());
+        let (sha, spa, tpa) = (
+            arp.source_hardware_addr(),
+            arp.source_protocol_addr(),
+            arp.target_protocol_addr(),
+        );
         if spa == Ipv4Addr::UNSPECIFIED || spa == tpa {
             return Next::Drop(DropReason::ArpProbe);
         }

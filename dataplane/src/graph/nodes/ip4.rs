@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use caracal_wire::icmpv4::{self, Icmpv4Packet};
 use caracal_wire::ipv4::{self, Ipv4Packet};
-use caracal_wire::{EtherType, EthernetFrame, Error as WireError, IpProtocol};
+use caracal_wire::{Error as WireError, EtherType, EthernetFrame, IpProtocol};
 
 use super::{flow_hash, l4_ports, IcmpRateLimit, L2_LEN};
 use crate::buffer::{IcmpErrorRequest, Packet};
@@ -21,7 +21,11 @@ fn is_unicast(a: Ipv4Addr) -> bool {
 }
 
 fn icmp_error(pkt: &mut Packet<'_>, msg_type: u8, code: u8, mtu: u16) -> Next {
-    pkt.meta_mut().icmp_error = IcmpErrorRequest { msg_type, code, mtu };
+    pkt.meta_mut().icmp_error = IcmpErrorRequest {
+        msg_type,
+        code,
+        mtu,
+    };
     Next::Node(NodeId::Ip4IcmpError)
 }
 
@@ -59,7 +63,12 @@ impl Node for Ip4Input {
         let len = L2_LEN + usize::from(ip.total_len());
         pkt.set_len(len);
         if ttl <= 1 {
-            return icmp_error(pkt, icmpv4::TIME_EXCEEDED, icmpv4::TTL_EXCEEDED_IN_TRANSIT, 0);
+            return icmp_error(
+                pkt,
+                icmpv4::TIME_EXCEEDED,
+                icmpv4::TTL_EXCEEDED_IN_TRANSIT,
+                0,
+            );
         }
         Next::Node(NodeId::Ip4Lookup)
     }
@@ -81,7 +90,12 @@ impl Node for Ip4Lookup {
         let hash = match cx.tables.adjacency(adj) {
             Some(a) if a.is_ecmp() => {
                 let ports = l4_ports(ip.protocol(), ip.payload());
-                flow_hash(&[u32::from(ip.src_addr()), u32::from(dst), u32::from(ip.protocol().0), ports])
+                flow_hash(&[
+                    u32::from(ip.src_addr()),
+                    u32::from(dst),
+                    u32::from(ip.protocol().0),
+                    ports,
+                ])
             }
             _ => 0,
         };

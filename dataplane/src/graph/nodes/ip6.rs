@@ -7,7 +7,7 @@ use std::net::Ipv6Addr;
 
 use caracal_wire::icmpv6::{self, Icmpv6Packet, NdiscPacket};
 use caracal_wire::ipv6::{self, Ipv6Packet};
-use caracal_wire::{EtherType, EthernetFrame, Error as WireError, IpProtocol};
+use caracal_wire::{Error as WireError, EtherType, EthernetFrame, IpProtocol};
 
 use super::{flow_hash, l4_ports, IcmpRateLimit, L2_LEN};
 use crate::buffer::{IcmpErrorRequest, Packet};
@@ -26,14 +26,20 @@ fn is_link_local(a: &Ipv6Addr) -> bool {
 }
 
 fn icmp_error(pkt: &mut Packet<'_>, msg_type: u8, code: u8, mtu: u16) -> Next {
-    pkt.meta_mut().icmp_error = IcmpErrorRequest { msg_type, code, mtu };
+    pkt.meta_mut().icmp_error = IcmpErrorRequest {
+        msg_type,
+        code,
+        mtu,
+    };
     Next::Node(NodeId::Ip6IcmpError)
 }
 
 /// First byte of an ICMPv6 message carried directly in `ip`, if any.
 #[inline]
 fn icmp_type<T: AsRef<[u8]>>(ip: &Ipv6Packet<T>) -> Option<u8> {
-    (ip.next_header() == IpProtocol::ICMPV6).then(|| ip.payload().first().copied()).flatten()
+    (ip.next_header() == IpProtocol::ICMPV6)
+        .then(|| ip.payload().first().copied())
+        .flatten()
 }
 
 #[derive(Debug, Default)]
@@ -106,7 +112,9 @@ impl Node for Ip6Ndisc {
                 return Next::Drop(DropReason::NdMalformed);
             };
             let target = ns.target_addr();
-            if target.is_multicast() || icmpv6::ndisc_option_lladdr(ns.options(), icmpv6::OPT_SOURCE_LLADDR).is_err() {
+            if target.is_multicast()
+                || icmpv6::ndisc_option_lladdr(ns.options(), icmpv6::OPT_SOURCE_LLADDR).is_err()
+            {
                 return Next::Drop(DropReason::NdMalformed);
             }
             // RFC 4862 duplicate address detection: stay silent so the
@@ -114,7 +122,11 @@ impl Node for Ip6Ndisc {
             if src.is_unspecified() {
                 return Next::Drop(DropReason::NdDuplicateAddressDetection);
             }
-            if cx.tables.port(pkt.meta().rx_port).is_some_and(|p| p.owns_ipv6(target)) {
+            if cx
+                .tables
+                .port(pkt.meta().rx_port)
+                .is_some_and(|p| p.owns_ipv6(target))
+            {
                 return Next::Drop(DropReason::NdOwnAddress);
             }
             (src, target)

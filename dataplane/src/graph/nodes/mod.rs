@@ -87,7 +87,10 @@ impl IcmpRateLimit {
 
 impl Default for IcmpRateLimit {
     fn default() -> Self {
-        IcmpRateLimit { tokens: Self::BURST, last_ns: 0 }
+        IcmpRateLimit {
+            tokens: Self::BURST,
+            last_ns: 0,
+        }
     }
 }
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use caracal_wire::icmpv4::{self, Icmpv4Packet};
 use caracal_wire::icmpv6::{self, Icmpv6Packet, NdiscPacket};
 use caracal_wire::{
-    ArpOperation, ArpPacket, EtherType, EthernetAddress, EthernetFrame, IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket,
+    ArpOperation, ArpPacket, EtherType, EthernetAddress, EthernetFrame, IpProtocol, Ipv4Packet,
+    Ipv6Packet, UdpPacket,
 };
 
 use crate::buffer::{BufferCache, BufferPool, BufferPoolConfig, Frame, Meta};
@@ -37,7 +38,13 @@ struct Lab {
     tables: Tables,
 }
 
-fn entry(port: Arc<LoopbackPort>, name: &str, mac: EthernetAddress, v4: Ipv4Addr, v6: Option<Ipv6Addr>) -> PortEntry {
+fn entry(
+    port: Arc<LoopbackPort>,
+    name: &str,
+    mac: EthernetAddress,
+    v4: Ipv4Addr,
+    v6: Option<Ipv6Addr>,
+) -> PortEntry {
     let _ = mac;
     PortEntry {
         peer_mac: crate::port::Port::peer_mac(&*port),
@@ -51,7 +58,11 @@ fn entry(port: Arc<LoopbackPort>, name: &str, mac: EthernetAddress, v4: Ipv4Addr
 
 impl Lab {
     fn new() -> Self {
-        let pool = BufferPool::new(&BufferPoolConfig { buffers: 4096, hugepages: false }).unwrap();
+        let pool = BufferPool::new(&BufferPoolConfig {
+            buffers: 4096,
+            hugepages: false,
+        })
+        .unwrap();
         let cache = pool.cache();
         let mk = |mac| LoopbackPort::new(mac, 1500, Sink::Capture);
         let ports = vec![
@@ -59,7 +70,11 @@ impl Lab {
             Some(entry(mk(MAC_B), "b", MAC_B, B4, Some(B6))),
             Some(entry(mk(MAC_C), "c", MAC_C, C4, None)),
         ];
-        let path = |i: u16, mac| AdjPath { port: PortId(i), dst_mac: mac, mtu: 1500 };
+        let path = |i: u16, mac| AdjPath {
+            port: PortId(i),
+            dst_mac: mac,
+            mtu: 1500,
+        };
         let adjacencies = vec![
             Adjacency::new(&[path(0, MAC_A)]),
             Adjacency::new(&[path(1, MAC_B)]),
@@ -79,7 +94,12 @@ impl Lab {
         t.fib4.insert(u32::from(ECMP_NET), 16, 3);
         t.fib6.insert(u128::from(A6), 128, 0);
         t.fib6.insert(u128::from(B6), 128, 1);
-        Lab { pool, cache, graph: Graph::new(), tables: t }
+        Lab {
+            pool,
+            cache,
+            graph: Graph::new(),
+            tables: t,
+        }
     }
 
     /// Runs `frames`, received on port `rx`, through the graph; returns
@@ -94,7 +114,10 @@ impl Lab {
             input.push(b);
         }
         *self.graph.input() = input;
-        let cx = Context { tables: &self.tables, now_ns: 1_000_000_000 };
+        let cx = Context {
+            tables: &self.tables,
+            now_ns: 1_000_000_000,
+        };
         self.graph.run(&self.pool, &mut self.cache, &cx);
         let mut out = Vec::new();
         for mut b in self.graph.output().drain() {
@@ -177,7 +200,12 @@ fn udp6(src: Ipv6Addr, dst: Ipv6Addr, hop: u8, payload: &[u8]) -> Vec<u8> {
         p.payload_mut().copy_from_slice(payload);
         p.fill_checksum_v6(&src, &dst);
     }
-    eth(GW, MAC_A, EtherType::IPV6, &ip6(src, dst, IpProtocol::UDP, hop, &u))
+    eth(
+        GW,
+        MAC_A,
+        EtherType::IPV6,
+        &ip6(src, dst, IpProtocol::UDP, hop, &u),
+    )
 }
 
 fn ipv4_of(frame: &[u8]) -> Ipv4Packet<&[u8]> {
@@ -196,7 +224,10 @@ fn ipv4_is_routed_with_ttl_and_macs_rewritten() {
     assert_eq!(e.src_addr(), GW);
     let ip = ipv4_of(f);
     assert_eq!(ip.ttl(), 63);
-    assert!(ip.verify_checksum(), "incrementally updated checksum is valid");
+    assert!(
+        ip.verify_checksum(),
+        "incrementally updated checksum is valid"
+    );
     let u = UdpPacket::new_checked(ip.payload()).unwrap();
     assert!(u.verify_checksum_v4(&A4, &B4));
     assert_eq!(u.payload(), b"hello");
@@ -234,7 +265,10 @@ fn proxy_arp_answers_for_the_gateway() {
     assert_eq!(lab.drops(DropReason::ArpProbe), 1);
     let (port, f) = &out[0];
     assert_eq!(*port, PortId(0), "answered on the port it came from");
-    assert_eq!(EthernetFrame::new_checked(&f[..]).unwrap().dst_addr(), MAC_A);
+    assert_eq!(
+        EthernetFrame::new_checked(&f[..]).unwrap().dst_addr(),
+        MAC_A
+    );
     let a = ArpPacket::new_checked(&f[14..]).unwrap();
     assert_eq!(a.operation(), ArpOperation::REPLY);
     assert_eq!(a.source_hardware_addr(), GW);
@@ -261,13 +295,20 @@ fn ttl_expiry_returns_time_exceeded() {
     assert!(icmp.verify_checksum());
     assert_eq!(icmp.msg_type(), icmpv4::TIME_EXCEEDED);
     assert_eq!(icmp.msg_code(), 0);
-    assert_eq!(icmp.data(), &orig[14..14 + 28], "quotes the IP header and 8 bytes");
+    assert_eq!(
+        icmp.data(),
+        &orig[14..14 + 28],
+        "quotes the IP header and 8 bytes"
+    );
 }
 
 #[test]
 fn no_route_returns_unreachable_and_errors_are_not_answered_with_errors() {
     let mut lab = Lab::new();
-    let out = lab.run(0, vec![udp4(A4, Ipv4Addr::new(192, 0, 2, 1), 1000, 64, b"x")]);
+    let out = lab.run(
+        0,
+        vec![udp4(A4, Ipv4Addr::new(192, 0, 2, 1), 1000, 64, b"x")],
+    );
     assert_eq!(out.len(), 1);
     let ip = ipv4_of(&out[0].1);
     let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
@@ -294,7 +335,10 @@ fn mtu_exceeded_with_df_returns_frag_needed() {
     assert_eq!(out[0].0, PortId(0));
     let ip = ipv4_of(&out[0].1);
     let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
-    assert_eq!((icmp.msg_type(), icmp.msg_code()), (icmpv4::DEST_UNREACHABLE, icmpv4::FRAG_NEEDED));
+    assert_eq!(
+        (icmp.msg_type(), icmp.msg_code()),
+        (icmpv4::DEST_UNREACHABLE, icmpv4::FRAG_NEEDED)
+    );
     assert_eq!(icmp.next_hop_mtu(), 1500);
 }
 
@@ -321,7 +365,19 @@ fn malformed_and_spoofed_frames_are_dropped_by_reason() {
     let bcast = udp4(A4, Ipv4Addr::BROADCAST, 1000, 64, b"x");
     let out = lab.run(
         0,
-        vec![bad_csum, bad_ihl, bad_version, truncated, too_long, runt, spoofed, other_mac, vlan, to_gw, bcast],
+        vec![
+            bad_csum,
+            bad_ihl,
+            bad_version,
+            truncated,
+            too_long,
+            runt,
+            spoofed,
+            other_mac,
+            vlan,
+            to_gw,
+            bcast,
+        ],
     );
     assert!(out.is_empty());
     for (r, n) in [
@@ -343,14 +399,26 @@ fn malformed_and_spoofed_frames_are_dropped_by_reason() {
 fn ecmp_spreads_flows_and_keeps_each_flow_on_one_path() {
     let mut lab = Lab::new();
     let dst = Ipv4Addr::new(10, 96, 3, 4);
-    let frames: Vec<_> = (0..200u16).map(|p| udp4(A4, dst, 10_000 + p, 64, b"x")).collect();
+    let frames: Vec<_> = (0..200u16)
+        .map(|p| udp4(A4, dst, 10_000 + p, 64, b"x"))
+        .collect();
     let first = lab.run(0, frames.clone());
     let again = lab.run(0, frames);
     let ports = |o: &[(PortId, Vec<u8>)]| o.iter().map(|(p, _)| *p).collect::<Vec<_>>();
-    assert_eq!(ports(&first), ports(&again), "a flow always takes the same path");
+    assert_eq!(
+        ports(&first),
+        ports(&again),
+        "a flow always takes the same path"
+    );
     let via_b = first.iter().filter(|(p, _)| *p == PortId(1)).count();
-    assert!((50..=150).contains(&via_b), "200 flows split {via_b}/{}", 200 - via_b);
-    assert!(first.iter().all(|(p, _)| *p == PortId(1) || *p == PortId(2)));
+    assert!(
+        (50..=150).contains(&via_b),
+        "200 flows split {via_b}/{}",
+        200 - via_b
+    );
+    assert!(first
+        .iter()
+        .all(|(p, _)| *p == PortId(1) || *p == PortId(2)));
 }
 
 #[test]
@@ -363,7 +431,12 @@ fn ipv6_is_routed_with_hop_limit_decremented() {
     assert_eq!(ip.hop_limit(), 63);
     let u = UdpPacket::new_checked(ip.payload()).unwrap();
     assert!(u.verify_checksum_v6(&A6, &B6));
-    assert_eq!(EthernetFrame::new_checked(&out[0].1[..]).unwrap().dst_addr(), MAC_B);
+    assert_eq!(
+        EthernetFrame::new_checked(&out[0].1[..])
+            .unwrap()
+            .dst_addr(),
+        MAC_B
+    );
 }
 
 fn neighbor_solicit(src: Ipv6Addr, dst: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
@@ -382,7 +455,12 @@ fn neighbor_solicit(src: Ipv6Addr, dst: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
         p.fill_checksum(&src, &dst);
     }
     let dst_mac = caracal_wire::ipv6::multicast_mac(dst);
-    eth(dst_mac, MAC_A, EtherType::IPV6, &ip6(src, dst, IpProtocol::ICMPV6, 255, &icmp))
+    eth(
+        dst_mac,
+        MAC_A,
+        EtherType::IPV6,
+        &ip6(src, dst, IpProtocol::ICMPV6, 255, &icmp),
+    )
 }
 
 #[test]
@@ -390,7 +468,13 @@ fn neighbour_solicitation_for_the_gateway_is_answered() {
     let mut lab = Lab::new();
     let gw = Gateway::default().ipv6;
     let sn = caracal_wire::ipv6::solicited_node(gw);
-    let out = lab.run(0, vec![neighbor_solicit(A_LL, sn, gw), neighbor_solicit(Ipv6Addr::UNSPECIFIED, sn, A6)]);
+    let out = lab.run(
+        0,
+        vec![
+            neighbor_solicit(A_LL, sn, gw),
+            neighbor_solicit(Ipv6Addr::UNSPECIFIED, sn, A6),
+        ],
+    );
     assert_eq!(out.len(), 1, "DAD probes get no answer");
     assert_eq!(lab.drops(DropReason::NdDuplicateAddressDetection), 1);
     let (port, f) = &out[0];
@@ -415,7 +499,11 @@ fn ipv6_errors_hop_limit_no_route_and_too_big() {
     let nowhere = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
     let out = lab.run(
         0,
-        vec![udp6(A6, B6, 1, b"expiring"), udp6(A6, nowhere, 64, b"lost"), udp6(A6, B6, 64, &[0u8; 1500])],
+        vec![
+            udp6(A6, B6, 1, b"expiring"),
+            udp6(A6, nowhere, 64, b"lost"),
+            udp6(A6, B6, 64, &[0u8; 1500]),
+        ],
     );
     assert_eq!(out.len(), 3);
     let mut seen = Vec::new();
@@ -431,7 +519,11 @@ fn ipv6_errors_hop_limit_no_route_and_too_big() {
     seen.sort_unstable();
     assert_eq!(
         seen,
-        vec![(icmpv6::DST_UNREACHABLE, 0), (icmpv6::PACKET_TOO_BIG, 1500), (icmpv6::TIME_EXCEEDED, 0)]
+        vec![
+            (icmpv6::DST_UNREACHABLE, 0),
+            (icmpv6::PACKET_TOO_BIG, 1500),
+            (icmpv6::TIME_EXCEEDED, 0)
+        ]
     );
 }
 
@@ -448,7 +540,10 @@ fn a_full_vector_is_forwarded() {
     let frames: Vec<_> = (0..256u16).map(|p| udp4(A4, B4, p, 64, b"x")).collect();
     let out = lab.run(0, frames);
     assert_eq!(out.len(), 256);
-    assert_eq!(lab.graph.counters.packets[crate::graph::NodeId::Ip4Rewrite as usize], 256);
+    assert_eq!(
+        lab.graph.counters.packets[crate::graph::NodeId::Ip4Rewrite as usize],
+        256
+    );
 }
 
 #[test]
@@ -459,7 +554,10 @@ fn loopback_queue_feeds_the_graph() {
     let mut q = port.queue();
     let mut cache = lab.pool.cache();
     assert_eq!(q.rx_burst(PortId(0), &mut cache, lab.graph.input()), 1);
-    let cx = Context { tables: &lab.tables, now_ns: 0 };
+    let cx = Context {
+        tables: &lab.tables,
+        now_ns: 0,
+    };
     lab.graph.run(&lab.pool, &mut cache, &cx);
     let mut out = std::mem::take(lab.graph.output());
     assert_eq!(out.len(), 1);
