@@ -22,14 +22,24 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARACAL_REQUIRE_PRIVILEGED="${CARACAL_REQUIRE_PRIVILEGED:-1}"
 
 started=$SECONDS
+current_step=''
 step_started=$SECONDS
+# Prints a header for the next step, and how long the previous one took.
 step() {
-    if ((SECONDS > started)); then
-        printf '    (%ds)\n' $((SECONDS - step_started))
+    if [[ -n "$current_step" ]]; then
+        printf '    %s: %ds\n' "$current_step" $((SECONDS - step_started))
     fi
+    current_step=$*
     step_started=$SECONDS
     printf '\n==> %s\n' "$*"
 }
+report_failure() {
+    local status=$?
+    if ((status != 0)) && [[ -n "$current_step" ]]; then
+        printf '\ntest.sh: FAILED (exit %d) at: %s\n' "$status" "$current_step" >&2
+    fi
+}
+trap report_failure EXIT
 
 if ((EUID != 0)) && [[ "$CARACAL_REQUIRE_PRIVILEGED" == 1 ]]; then
     echo "test.sh: error: run as root; the privileged tests (netns, tap, hugepages) must not be skipped." >&2
@@ -62,4 +72,5 @@ step "Running tests (CARACAL_REQUIRE_PRIVILEGED=$CARACAL_REQUIRE_PRIVILEGED)"
 cargo test --workspace --no-fail-fast
 
 step "All checks passed"
-printf '    total %dm%02ds\n' $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60))
+elapsed=$((SECONDS - started))
+printf '    total: %dm%02ds\n' $((elapsed / 60)) $((elapsed % 60))

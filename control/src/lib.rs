@@ -7,3 +7,4 @@
 #![forbid(unsafe_code)]
 
 pub mod dataplane_client;
+pub mod ipam;

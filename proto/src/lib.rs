@@ -8,3 +8,9 @@ pub mod dataplane {
     #![allow(missing_docs, clippy::all, missing_debug_implementations)]
     tonic::include_proto!("caracal.dataplane.v1");
 }
+
+/// `caracal.agent.v1`: the agent's gRPC API (CNI, status).
+pub mod agent {
+    #![allow(missing_docs, clippy::all, missing_debug_implementations)]
+    tonic::include_proto!("caracal.agent.v1");
+}
