@@ -88,7 +88,7 @@ cleanup() {
     set +e
     header "Cleaning up"
     if ((status != 0)) && [[ -s "$dataplane_log" ]]; then
-        echo "The demo failed (exit $status). Last lines of the dataplane's log:"
+        echo "The demo did not finish (exit $status). Last lines of the dataplane's log:"
         tail -n 20 "$dataplane_log"
     fi
     if [[ -n "$iperf_pid" ]]; then
@@ -124,7 +124,7 @@ header "Removing leftovers of an earlier run"
 if [[ -f "$PID_FILE" ]]; then
     old_pid=$(<"$PID_FILE")
     # Only if that pid is still a dataplane (and not a reused pid).
-    if [[ "$(readlink "/proc/$old_pid/exe" 2>/dev/null)" == */caracal-dataplane ]]; then
+    if [[ "$(readlink "/proc/$old_pid/exe" 2>/dev/null)" == */caracal-dataplane* ]]; then
         echo "stopping the dataplane of an earlier run (pid $old_pid)"
         stop_dataplane "$old_pid"
     fi

@@ -8,3 +8,4 @@
 
 pub mod dataplane_client;
 pub mod ipam;
+pub mod lab;

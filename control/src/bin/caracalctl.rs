@@ -20,6 +20,8 @@
 mod table;
 #[path = "caracalctl/view.rs"]
 mod view;
+#[path = "caracalctl/lab.rs"]
+mod lab_cmd;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -64,6 +66,9 @@ enum Command {
     /// Create or remove routes.
     #[command(subcommand)]
     Route(RouteCommand),
+    /// A whole single-node cluster on this machine: pods as network
+    /// namespaces, wired by the real daemons and CNI plugin.
+    Lab(lab_cmd::LabArgs),
 }
 
 #[derive(Debug, Args)]
@@ -194,10 +199,18 @@ fn parse_via(s: &str) -> Result<pb::Path, String> {
     })
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    let result = match cli.command {
+        // The lab drives processes and runtimes of its own.
+        Command::Lab(lab) => lab_cmd::run(lab),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(run(cli))),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("caracalctl: {}", describe(&err));
@@ -297,6 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Lab(_) => unreachable!("main runs the lab outside the runtime"),
     }
 }
 
