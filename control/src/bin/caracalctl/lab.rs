@@ -74,7 +74,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
             } else {
-                println!("{:<20} {:<20} {:<10} {}", "NAMESPACE", "NAME", "INTERFACE", "IPS");
+                println!("NAMESPACE            NAME                 INTERFACE  IPS");
                 for p in &st.pods {
                     println!("{:<20} {:<20} {:<10} {}", p.namespace, p.name, p.interface, p.ips.join(","));
                 }
