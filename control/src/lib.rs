@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod dataplane_client;
 pub mod ipam;
 pub mod lab;

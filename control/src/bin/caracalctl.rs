@@ -5,6 +5,10 @@
 //! caracalctl [--socket PATH] show interfaces|routes|counters [--json]
 //! caracalctl interface add tap NAME --netns PATH [--ifname IFNAME]
 //!            [--address CIDR]... [--mtu N] [--queues N] [--configure]
+//! caracalctl interface add memif NAME --memif-socket PATH|@NAME --role server|client
+//!            [--id N] [--secret S] [--queues N] [--address CIDR]... [--mtu N]
+//!            [--mode ethernet|ip] [--rx-mode interrupt|polling]
+//!            [--ring-size N] [--buffer-size N] [--peer-mac MAC]
 //! caracalctl interface del NAME
 //! caracalctl route add PREFIX --via IFACE[,GATEWAY] [--via ...]
 //! caracalctl route del PREFIX
@@ -108,6 +112,8 @@ enum InterfaceCommand {
 enum AddInterface {
     /// A kernel tap device inside a network namespace.
     Tap(TapArgs),
+    /// A memif (shared-memory) interface, for DPDK, VPP or libmemif peers.
+    Memif(MemifArgs),
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +140,112 @@ struct TapArgs {
     /// addresses and default routes via the gateway.
     #[arg(long)]
     configure: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MemifRoleArg {
+    /// Listen on the socket; the client brings the shared memory.
+    Server,
+    /// Connect to the socket (retrying) and create the shared memory.
+    Client,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MemifModeArg {
+    Ethernet,
+    Ip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MemifRxModeArg {
+    /// The peer signals an eventfd; idle workers sleep.
+    Interrupt,
+    /// Workers poll the rings; the peer does not signal.
+    Polling,
+}
+
+#[derive(Debug, Args)]
+struct MemifArgs {
+    /// Interface name (the agent uses NAMESPACE/POD).
+    name: String,
+    /// The memif control socket: a filesystem path, or @NAME in the
+    /// dataplane's abstract socket namespace. (`--socket` is taken: it
+    /// names the dataplane's API socket.)
+    #[arg(long = "memif-socket", value_name = "PATH")]
+    memif_socket: String,
+    #[arg(long, value_enum)]
+    role: MemifRoleArg,
+    /// Interface id on the socket (both sides must agree).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    id: u32,
+    /// Shared secret (at most 24 bytes).
+    #[arg(long, value_name = "S")]
+    secret: Option<String>,
+    /// Queue pairs; 0 for one per worker.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    queues: u32,
+    /// The endpoint's own address with its prefix length (repeatable).
+    #[arg(long = "address", value_name = "CIDR")]
+    addresses: Vec<String>,
+    /// IP MTU, bytes.
+    #[arg(long, value_name = "N", default_value_t = 1500)]
+    mtu: u32,
+    #[arg(long, value_enum, default_value = "ethernet")]
+    mode: MemifModeArg,
+    #[arg(long, value_enum, default_value = "interrupt")]
+    rx_mode: MemifRxModeArg,
+    /// Descriptors per ring (a power of two); 0 for the role's default.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    ring_size: u32,
+    /// Bytes per buffer a client creates; 0 for 2048.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    buffer_size: u32,
+    /// MAC of the peer's interface (default: broadcast).
+    #[arg(long, value_name = "MAC")]
+    peer_mac: Option<String>,
+}
+
+impl MemifArgs {
+    fn spec(&self) -> anyhow::Result<pb::InterfaceSpec> {
+        // The dataplane resolves nothing relative to our directory.
+        let socket = if self.memif_socket.starts_with('@') {
+            self.memif_socket.clone()
+        } else {
+            std::path::absolute(&self.memif_socket)
+                .with_context(|| format!("--memif-socket {}", self.memif_socket))?
+                .into_os_string()
+                .into_string()
+                .map_err(|p| {
+                    anyhow::anyhow!("--memif-socket {}: path is not UTF-8", p.to_string_lossy())
+                })?
+        };
+        Ok(pb::InterfaceSpec {
+            name: self.name.clone(),
+            addresses: self.addresses.clone(),
+            mtu: self.mtu,
+            kind: Some(pb::interface_spec::Kind::Memif(pb::MemifSpec {
+                socket,
+                role: match self.role {
+                    MemifRoleArg::Server => pb::MemifRole::Server,
+                    MemifRoleArg::Client => pb::MemifRole::Client,
+                } as i32,
+                id: self.id,
+                secret: self.secret.clone().unwrap_or_default(),
+                queues: self.queues,
+                mode: match self.mode {
+                    MemifModeArg::Ethernet => pb::MemifMode::Ethernet,
+                    MemifModeArg::Ip => pb::MemifMode::Ip,
+                } as i32,
+                ring_size: self.ring_size,
+                buffer_size: self.buffer_size,
+                rx_mode: match self.rx_mode {
+                    MemifRxModeArg::Interrupt => pb::MemifRxMode::Interrupt,
+                    MemifRxModeArg::Polling => pb::MemifRxMode::Polling,
+                } as i32,
+                peer_mac: self.peer_mac.clone().unwrap_or_default(),
+            })),
+        })
+    }
 }
 
 /// Where `ip netns add NAME` puts its namespaces.
@@ -273,8 +385,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             emit(if show.json { &json } else { &table })
         }
-        Command::Interface(InterfaceCommand::Add(AddInterface::Tap(tap))) => {
-            let spec = tap.spec()?;
+        Command::Interface(InterfaceCommand::Add(add)) => {
+            let spec = match add {
+                AddInterface::Tap(tap) => tap.spec()?,
+                AddInterface::Memif(memif) => memif.spec()?,
+            };
             let added = dp
                 .interfaces
                 .add_interface(pb::AddInterfaceRequest { spec: Some(spec) })
@@ -436,6 +551,121 @@ mod tests {
             (t.ifname.as_str(), t.queues, t.configure),
             ("eth0", 0, false)
         );
+    }
+
+    #[test]
+    fn interface_add_memif_builds_the_spec() {
+        let cli = parse(&[
+            "interface",
+            "add",
+            "memif",
+            "default/dpdk-0",
+            "--memif-socket",
+            "/run/caracal/memif/dpdk-0.sock",
+            "--role",
+            "client",
+            "--id",
+            "3",
+            "--secret",
+            "s3cret",
+            "--queues",
+            "2",
+            "--address",
+            "10.65.0.6/32",
+            "--mode",
+            "ip",
+            "--rx-mode",
+            "polling",
+            "--ring-size",
+            "4096",
+            "--buffer-size",
+            "9216",
+            "--peer-mac",
+            "02:00:00:00:00:01",
+        ]);
+        let Command::Interface(InterfaceCommand::Add(AddInterface::Memif(m))) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(
+            m.spec().unwrap(),
+            pb::InterfaceSpec {
+                name: "default/dpdk-0".into(),
+                addresses: vec!["10.65.0.6/32".into()],
+                mtu: 1500,
+                kind: Some(pb::interface_spec::Kind::Memif(pb::MemifSpec {
+                    socket: "/run/caracal/memif/dpdk-0.sock".into(),
+                    role: pb::MemifRole::Client as i32,
+                    id: 3,
+                    secret: "s3cret".into(),
+                    queues: 2,
+                    mode: pb::MemifMode::Ip as i32,
+                    ring_size: 4096,
+                    buffer_size: 9216,
+                    rx_mode: pb::MemifRxMode::Polling as i32,
+                    peer_mac: "02:00:00:00:00:01".into(),
+                })),
+            }
+        );
+    }
+
+    #[test]
+    fn interface_add_memif_defaults_and_socket_forms() {
+        let cli = parse(&[
+            "interface",
+            "add",
+            "memif",
+            "p",
+            "--memif-socket",
+            "@memif-p",
+            "--role",
+            "server",
+        ]);
+        let Command::Interface(InterfaceCommand::Add(AddInterface::Memif(m))) = cli.command else {
+            panic!()
+        };
+        let spec = m.spec().unwrap();
+        let Some(pb::interface_spec::Kind::Memif(memif)) = spec.kind else {
+            panic!()
+        };
+        assert_eq!(memif.socket, "@memif-p");
+        assert_eq!((memif.id, memif.queues, memif.ring_size), (0, 0, 0));
+        assert_eq!(memif.mode, pb::MemifMode::Ethernet as i32);
+        assert_eq!(memif.rx_mode, pb::MemifRxMode::Interrupt as i32);
+        assert!(memif.secret.is_empty() && memif.peer_mac.is_empty());
+
+        let cli = parse(&[
+            "interface",
+            "add",
+            "memif",
+            "p",
+            "--memif-socket",
+            "rel.sock",
+            "--role",
+            "server",
+        ]);
+        let Command::Interface(InterfaceCommand::Add(AddInterface::Memif(m))) = cli.command else {
+            panic!()
+        };
+        let Some(pb::interface_spec::Kind::Memif(memif)) = m.spec().unwrap().kind else {
+            panic!()
+        };
+        assert!(memif.socket.starts_with('/') && memif.socket.ends_with("/rel.sock"));
+    }
+
+    #[test]
+    fn interface_add_memif_needs_socket_and_role() {
+        let add = ["interface", "add", "memif", "p"];
+        let err = |rest: &[&str]| parse_err(&[&add[..], rest].concat());
+        assert!(err(&["--role", "server"]).contains("--memif-socket"));
+        assert!(err(&["--memif-socket", "/s"]).contains("--role"));
+        assert!(err(&["--memif-socket", "/s", "--role", "master"]).contains("invalid value"));
+        // The API socket keeps its flag beside the memif one.
+        let cli = parse(&[
+            &add[..],
+            &["--memif-socket", "/m", "--role", "client", "--socket", "/api"],
+        ]
+        .concat());
+        assert_eq!(cli.socket, Path::new("/api"));
     }
 
     #[test]

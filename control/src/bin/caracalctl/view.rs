@@ -21,8 +21,9 @@ pub struct InterfaceView {
     pub name: String,
     /// Index in the dataplane's interface table.
     pub id: u32,
-    /// `tap`, or `unknown` for a kind this caracalctl predates.
+    /// `tap`, `memif`, or `unknown` for a kind this caracalctl predates.
     pub kind: String,
+    /// Taps: always. Memif: a peer is connected.
     pub up: bool,
     /// IP MTU, bytes.
     pub mtu: u32,
@@ -33,7 +34,159 @@ pub struct InterfaceView {
     pub addresses: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tap: Option<TapView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memif: Option<MemifView>,
     pub counters: PortCountersView,
+}
+
+/// A memif interface: its settings and its connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemifView {
+    /// Filesystem path, or `@name` (abstract).
+    pub socket: String,
+    /// `server` or `client`.
+    pub role: String,
+    pub id: u32,
+    /// Whether a secret is set (its value is never shown).
+    pub secret: bool,
+    /// Requested queues; 0 means one per worker.
+    pub queues: u32,
+    /// `ethernet` or `ip`.
+    pub mode: String,
+    /// `interrupt` or `polling`.
+    pub rx_mode: String,
+    /// Requested descriptors per ring; 0 means the role's default.
+    pub ring_size: u32,
+    pub connected: bool,
+    /// The peer's application and interface names, while connected.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub peer_name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub peer_interface: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_pid: Option<u32>,
+    pub rings: Vec<MemifRingView>,
+    /// Shared memory regions, bytes each.
+    pub region_sizes: Vec<u64>,
+    pub connects: u64,
+    pub disconnects: u64,
+    /// Connections closed because the peer broke the protocol.
+    pub peer_faults: u64,
+    pub rx_bad_length: u64,
+    /// Why the last connection, or attempt, ended.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub last_disconnect: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemifRingView {
+    /// `rx` (the peer produces) or `tx` (the dataplane produces).
+    pub direction: String,
+    pub index: u32,
+    pub size: u32,
+    pub head: u32,
+    pub tail: u32,
+    pub interrupts_masked: bool,
+}
+
+impl MemifView {
+    fn new(spec: pb::MemifSpec, status: pb::MemifStatus) -> Self {
+        let role = match pb::MemifRole::try_from(spec.role) {
+            Ok(pb::MemifRole::Client) => "client",
+            _ => "server",
+        };
+        let mode = match pb::MemifMode::try_from(spec.mode) {
+            Ok(pb::MemifMode::Ip) => "ip",
+            _ => "ethernet",
+        };
+        let rx_mode = match pb::MemifRxMode::try_from(spec.rx_mode) {
+            Ok(pb::MemifRxMode::Polling) => "polling",
+            _ => "interrupt",
+        };
+        MemifView {
+            socket: spec.socket,
+            role: role.to_owned(),
+            id: spec.id,
+            secret: !spec.secret.is_empty(),
+            queues: spec.queues,
+            mode: mode.to_owned(),
+            rx_mode: rx_mode.to_owned(),
+            ring_size: spec.ring_size,
+            connected: status.connected,
+            peer_name: status.peer_name,
+            peer_interface: status.peer_interface,
+            peer_pid: Some(status.peer_pid).filter(|&p| p != 0),
+            rings: status
+                .rings
+                .into_iter()
+                .map(|r| MemifRingView {
+                    direction: r.direction,
+                    index: r.index,
+                    size: r.size,
+                    head: r.head,
+                    tail: r.tail,
+                    interrupts_masked: r.interrupts_masked,
+                })
+                .collect(),
+            region_sizes: status.region_sizes,
+            connects: status.connects,
+            disconnects: status.disconnects,
+            peer_faults: status.peer_faults,
+            rx_bad_length: status.rx_bad_length,
+            last_disconnect: status.last_disconnect,
+        }
+    }
+
+    /// The lines of the Device column, below the kind line.
+    fn device_lines(&self, lines: &mut Vec<String>) {
+        lines.push(format!("{} id {} {}", self.role, self.id, self.mode));
+        lines.push(format!("socket {}", self.socket));
+        if self.connected {
+            let pid = self.peer_pid.map(|p| format!(" pid {p}")).unwrap_or_default();
+            lines.push(format!(
+                "peer {} ({}){pid}",
+                self.peer_name, self.peer_interface
+            ));
+            for r in &self.rings {
+                lines.push(format!(
+                    "{} ring {}: {} slots head {} tail {}{}",
+                    r.direction,
+                    r.index,
+                    r.size,
+                    r.head,
+                    r.tail,
+                    if r.interrupts_masked { " polled" } else { "" }
+                ));
+            }
+            let regions: Vec<String> = self
+                .region_sizes
+                .iter()
+                .map(|&b| format!("{} KiB", b.div_ceil(1024)))
+                .collect();
+            lines.push(format!("regions {}", regions.join(", ")));
+        } else {
+            lines.push(if self.role == "server" {
+                "waiting for a client".to_owned()
+            } else {
+                "connecting".to_owned()
+            });
+        }
+        if !self.last_disconnect.is_empty() {
+            lines.push(format!("last down: {}", self.last_disconnect));
+        }
+    }
+
+    fn nonzero(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("connects", self.connects),
+            ("disconnects", self.disconnects),
+            ("peer faults", self.peer_faults),
+            ("rx bad length", self.rx_bad_length),
+        ]
+        .into_iter()
+        .filter(|&(_, n)| n != 0)
+        .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -91,17 +244,24 @@ impl From<pb::Interface> for InterfaceView {
         let spec = i.spec.unwrap_or_default();
         let kind = match pb::InterfaceKind::try_from(i.kind) {
             Ok(pb::InterfaceKind::Tap) => "tap",
+            Ok(pb::InterfaceKind::Memif) => "memif",
             _ => "unknown",
         };
-        let tap = match spec.kind {
-            Some(pb::interface_spec::Kind::Tap(t)) => Some(TapView {
-                netns: t.netns,
-                ifname: t.ifname,
-                queues: t.queues,
-                configure: t.configure,
-            }),
-            None => None,
-        };
+        let (mut tap, mut memif) = (None, None);
+        match spec.kind {
+            Some(pb::interface_spec::Kind::Tap(t)) => {
+                tap = Some(TapView {
+                    netns: t.netns,
+                    ifname: t.ifname,
+                    queues: t.queues,
+                    configure: t.configure,
+                })
+            }
+            Some(pb::interface_spec::Kind::Memif(m)) => {
+                memif = Some(MemifView::new(m, i.memif.unwrap_or_default()))
+            }
+            None => {}
+        }
         InterfaceView {
             name: spec.name,
             id: i.id,
@@ -112,6 +272,7 @@ impl From<pb::Interface> for InterfaceView {
             ifindex: i.ifindex,
             addresses: spec.addresses,
             tap,
+            memif,
             counters: i.counters.unwrap_or_default().into(),
         }
     }
@@ -132,18 +293,24 @@ pub fn interfaces_table(interfaces: &[InterfaceView]) -> Table {
     ]);
     for i in interfaces {
         let mut device = Vec::new();
-        match &i.tap {
-            Some(tap) => {
+        let mut counters = i.counters.nonzero();
+        match (&i.tap, &i.memif) {
+            (Some(tap), _) => {
                 device.push(format!("{} {} ifindex {}", i.kind, tap.ifname, i.ifindex));
                 device.push(format!("mac {}", i.mac));
                 device.push(format!("netns {}", tap.netns));
             }
-            None => {
+            (None, Some(memif)) => {
+                device.push(i.kind.clone());
+                memif.device_lines(&mut device);
+                device.push(format!("peer mac {}", i.mac));
+                counters.extend(memif.nonzero());
+            }
+            (None, None) => {
                 device.push(i.kind.clone());
                 device.push(format!("mac {}", i.mac));
             }
         }
-        let counters = i.counters.nonzero();
         t.row(vec![
             i.name.as_str().into(),
             i.id.to_string().into(),
@@ -414,7 +581,111 @@ mod tests {
                 tx_errors: 3,
                 rx_no_buffer: 0,
             }),
+            memif: None,
         }
+    }
+
+    fn memif_interface(connected: bool) -> pb::Interface {
+        let status = pb::MemifStatus {
+            connected,
+            peer_name: if connected { "DPDK 22.11.11".into() } else { String::new() },
+            peer_interface: if connected { "net_memif0".into() } else { String::new() },
+            peer_pid: if connected { 4242 } else { 0 },
+            rings: if connected {
+                vec![
+                    pb::MemifRing {
+                        direction: "rx".into(),
+                        index: 0,
+                        size: 1024,
+                        head: 300,
+                        tail: 300,
+                        interrupts_masked: false,
+                    },
+                    pb::MemifRing {
+                        direction: "tx".into(),
+                        index: 0,
+                        size: 1024,
+                        head: 1324,
+                        tail: 300,
+                        interrupts_masked: true,
+                    },
+                ]
+            } else {
+                vec![]
+            },
+            region_sizes: if connected { vec![4_456_704] } else { vec![] },
+            hugepages: false,
+            buffer_size: 0,
+            connects: 2,
+            disconnects: 1,
+            peer_faults: 0,
+            rx_bad_length: 0,
+            last_disconnect: "peer closed the socket".into(),
+        };
+        pb::Interface {
+            id: 2,
+            spec: Some(pb::InterfaceSpec {
+                name: "default/dpdk-0".into(),
+                addresses: vec!["10.65.0.6/32".into()],
+                mtu: 1500,
+                kind: Some(pb::interface_spec::Kind::Memif(pb::MemifSpec {
+                    socket: "/run/caracal/memif/dpdk-0.sock".into(),
+                    role: pb::MemifRole::Server as i32,
+                    id: 0,
+                    secret: "hunter2".into(),
+                    queues: 1,
+                    mode: pb::MemifMode::Ethernet as i32,
+                    ring_size: 0,
+                    buffer_size: 0,
+                    rx_mode: pb::MemifRxMode::Interrupt as i32,
+                    peer_mac: String::new(),
+                })),
+            }),
+            kind: pb::InterfaceKind::Memif as i32,
+            mac: "ff:ff:ff:ff:ff:ff".into(),
+            ifindex: 0,
+            up: connected,
+            counters: Some(pb::PortCounters {
+                rx_packets: 300,
+                ..pb::PortCounters::default()
+            }),
+            memif: Some(status),
+        }
+    }
+
+    #[test]
+    fn memif_rows_show_connection_rings_and_counters() {
+        let view = InterfaceView::from(memif_interface(true));
+        assert_eq!(
+            interfaces_table(&[view]).to_string(),
+            "Name            Idx  State   MTU  Device                                           Addresses     Counter      Count\n\
+             default/dpdk-0    2  up     1500  memif                                            10.65.0.6/32  rx packets     300\n\
+             \x20                                 server id 0 ethernet                                           connects         2\n\
+             \x20                                 socket /run/caracal/memif/dpdk-0.sock                          disconnects      1\n\
+             \x20                                 peer DPDK 22.11.11 (net_memif0) pid 4242\n\
+             \x20                                 rx ring 0: 1024 slots head 300 tail 300\n\
+             \x20                                 tx ring 0: 1024 slots head 1324 tail 300 polled\n\
+             \x20                                 regions 4353 KiB\n\
+             \x20                                 last down: peer closed the socket\n\
+             \x20                                 peer mac ff:ff:ff:ff:ff:ff\n"
+        );
+        let down = InterfaceView::from(memif_interface(false));
+        let text = interfaces_table(&[down]).to_string();
+        assert!(text.contains(" down "), "{text}");
+        assert!(text.contains("waiting for a client"), "{text}");
+    }
+
+    #[test]
+    fn memif_json_never_shows_the_secret() {
+        let json = serde_json::to_value(InterfaceView::from(memif_interface(true))).unwrap();
+        assert_eq!(json["kind"], "memif");
+        assert_eq!(json["memif"]["secret"], true);
+        assert_eq!(json["memif"]["role"], "server");
+        assert_eq!(json["memif"]["peer_pid"], 4242);
+        assert_eq!(json["memif"]["rings"][1]["head"], 1324);
+        assert_eq!(json["memif"]["region_sizes"][0], 4_456_704);
+        assert!(!json.to_string().contains("hunter2"));
+        assert!(json.get("tap").is_none());
     }
 
     #[test]

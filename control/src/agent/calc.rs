@@ -1,0 +1,135 @@
+//! The calculation: from what the agent knows (datastore objects and this
+//! node's endpoints) to the dataplane state it wants. Pure and IO-free.
+//!
+//! Today that is one tap interface per tap endpoint, carrying the
+//! endpoint's addresses (the dataplane installs their host routes with
+//! the interface). Policies (per-endpoint rules from NetworkPolicies and
+//! IP sets from selectors) and services (load-balancing tables from
+//! Services and EndpointSlices) will be computed here from the same
+//! inputs, into further fields of [`DataplaneState`].
+
+use super::datastore::Objects;
+use super::endpoints::{Endpoint, Endpoints, InterfaceKind as EndpointKind};
+use super::model::{DataplaneState, InterfaceKind, InterfaceSpec, TapSpec};
+
+/// Everything the calculation reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// The datastore's objects (for policies and services, later).
+    pub objects: &'a Objects,
+    pub endpoints: &'a Endpoints,
+}
+
+/// The dataplane state `inputs` call for.
+pub fn desired_state(inputs: Inputs<'_>) -> DataplaneState {
+    let mut state = DataplaneState::default();
+    for ep in inputs.endpoints.values() {
+        if let Some(spec) = interface_of(ep) {
+            state.interfaces.insert(spec.name.clone(), spec);
+        }
+    }
+    state
+}
+
+/// The dataplane interface of one endpoint; `None` for kinds the
+/// dataplane cannot make yet (the CNI server refuses those).
+pub fn interface_of(ep: &Endpoint) -> Option<InterfaceSpec> {
+    let kind = match ep.interface_kind {
+        EndpointKind::Tap => InterfaceKind::Tap(TapSpec {
+            netns: ep.netns.clone(),
+            ifname: ep.ifname.clone(),
+            queues: 0,
+            configure: true,
+        }),
+        EndpointKind::Memif | EndpointKind::VhostUser => return None,
+    };
+    Some(InterfaceSpec {
+        name: ep.dataplane_interface.clone(),
+        addresses: ep.ips.clone(),
+        mtu: ep.mtu,
+        kind,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::endpoints::{dataplane_interface_name, EndpointKey};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    fn endpoint(pod: &str, kind: EndpointKind, ips: &[&str]) -> Endpoint {
+        Endpoint {
+            container_id: format!("c-{pod}"),
+            ifname: "eth0".into(),
+            netns: format!("/var/run/netns/{pod}"),
+            namespace: "default".into(),
+            pod: pod.into(),
+            pod_uid: String::new(),
+            ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
+            interface_kind: kind,
+            socket_path: None,
+            dataplane_interface: dataplane_interface_name("default", pod, "eth0"),
+            mtu: 1400,
+        }
+    }
+
+    fn endpoints(list: Vec<Endpoint>) -> Endpoints {
+        Arc::new(
+            list.into_iter()
+                .map(|e| (e.key(), e))
+                .collect::<BTreeMap<EndpointKey, _>>(),
+        )
+    }
+
+    #[test]
+    fn each_tap_endpoint_is_a_configured_tap_with_its_addresses() {
+        let eps = endpoints(vec![
+            endpoint("a", EndpointKind::Tap, &["10.65.0.1/32", "fd00:65::1/128"]),
+            endpoint("b", EndpointKind::Tap, &["10.65.0.2/32"]),
+        ]);
+        let state = desired_state(Inputs {
+            objects: &Objects::default(),
+            endpoints: &eps,
+        });
+        assert!(state.routes.is_empty(), "host routes come with interfaces");
+        let names: Vec<_> = state.interfaces.keys().cloned().collect();
+        assert_eq!(names, ["default/a", "default/b"]);
+        assert_eq!(
+            state.interfaces["default/a"],
+            InterfaceSpec {
+                name: "default/a".into(),
+                addresses: vec![
+                    "10.65.0.1/32".parse().unwrap(),
+                    "fd00:65::1/128".parse().unwrap()
+                ],
+                mtu: 1400,
+                kind: InterfaceKind::Tap(TapSpec {
+                    netns: "/var/run/netns/a".into(),
+                    ifname: "eth0".into(),
+                    queues: 0,
+                    configure: true,
+                }),
+            }
+        );
+    }
+
+    #[test]
+    fn socket_kinds_are_not_programmed_yet() {
+        let eps = endpoints(vec![endpoint("m", EndpointKind::Memif, &["10.65.0.3/32"])]);
+        let state = desired_state(Inputs {
+            objects: &Objects::default(),
+            endpoints: &eps,
+        });
+        assert!(state.interfaces.is_empty());
+    }
+
+    #[test]
+    fn nothing_in_nothing_out() {
+        let state = desired_state(Inputs {
+            objects: &Objects::default(),
+            endpoints: &Endpoints::default(),
+        });
+        assert_eq!(state, DataplaneState::default());
+    }
+}

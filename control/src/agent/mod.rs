@@ -1,0 +1,42 @@
+//! The node agent `caracal-agent`.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! datastore source ──► Store ─┐                      (revision)
+//!  (kubernetes | dir:)        ├─► calc ─► diff ─► sync ─► dataplane
+//! CNI server ──► endpoints ───┘   (pure)  (pure)   (gRPC, backoff)
+//!      └──► IPAM
+//! ```
+//!
+//! - [`datastore`]: the sources (kube-rs watchers, or a folder of
+//!   manifests) and the in-memory [`datastore::Store`] of typed objects.
+//! - [`endpoints`]: this node's pod attachments, persisted under the state
+//!   folder.
+//! - [`revision`]: the counter every change advances, and which the sync
+//!   reports as synced once the dataplane runs it.
+//! - [`calc`], [`diff`], [`model`], [`pools`]: the pure calculation, from
+//!   objects and endpoints to the desired dataplane state, to ops.
+//! - [`sync`], [`dataplane`], [`backoff`]: the loop that applies them over
+//!   the dataplane's gRPC API.
+//! - [`cni_server`], [`status`], [`context`], [`socket`]: the agent's own
+//!   gRPC API (`caracal.agent.v1`) on its unix socket.
+//! - [`daemon`]: all of it put together, as `caracal-agent` runs it.
+
+pub mod backoff;
+pub mod calc;
+pub mod cni_server;
+pub mod context;
+pub mod daemon;
+pub mod dataplane;
+pub mod datastore;
+pub mod diff;
+pub mod endpoints;
+pub mod model;
+pub mod pools;
+pub mod revision;
+pub mod socket;
+pub mod status;
+pub mod sync;
+
+pub use daemon::{run, AgentConfig, AgentError};
