@@ -120,3 +120,18 @@ fn a_misspelled_field_is_caught() {
     });
     round_trip::<DaemonSet>("test", &v);
 }
+
+#[test]
+fn crds_match_the_code() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_caracal-agent")).arg("--print-crds").output().unwrap();
+    assert!(out.status.success());
+    let parse = |text: &str| -> Vec<Value> {
+        serde_yaml::Deserializer::from_str(text)
+            .map(|d| serde_json::to_value(<serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap()).unwrap())
+            .filter(|v| !v.is_null())
+            .collect()
+    };
+    let generated = parse(&String::from_utf8(out.stdout).unwrap());
+    let file = parse(&std::fs::read_to_string(deploy_dir().join("crds.yaml")).unwrap());
+    assert_eq!(file, generated, "deploy/crds.yaml is stale: run caracal-agent --print-crds > deploy/crds.yaml");
+}
