@@ -14,7 +14,8 @@ PACKAGES=(
     tshark         # reading pcap captures of ports in tests
     nftables       # kernel-dataplane baseline in perf comparisons
     netcat-openbsd # nc: quick TCP/UDP probes
-    dpdk           # dpdk-testpmd: a memif / virtio-user peer for tests
+    dpdk           # the DPDK runtime
+    dpdk-dev       # dpdk-testpmd: a memif / virtio-user peer for tests (its memif PMD comes with libdpdk-dev)
     libdpdk-dev    # headers and pkg-config files for dataplane/dpdk-sys (feature dpdk)
     libclang-dev   # bindgen, for dataplane/dpdk-sys
     pkg-config     # locating libdpdk

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use caracal_proto::dataplane::interfaces_client::InterfacesClient;
+use caracal_proto::dataplane::policy_client::PolicyClient;
 use caracal_proto::dataplane::routes_client::RoutesClient;
 use caracal_proto::dataplane::stats_client::StatsClient;
 use hyper_util::rt::TokioIo;
@@ -58,6 +59,7 @@ pub struct DataplaneClient {
     pub interfaces: InterfacesClient<Channel>,
     pub routes: RoutesClient<Channel>,
     pub stats: StatsClient<Channel>,
+    pub policy: PolicyClient<Channel>,
 }
 
 impl DataplaneClient {
@@ -65,7 +67,8 @@ impl DataplaneClient {
         DataplaneClient {
             interfaces: InterfacesClient::new(channel.clone()),
             routes: RoutesClient::new(channel.clone()),
-            stats: StatsClient::new(channel),
+            stats: StatsClient::new(channel.clone()),
+            policy: PolicyClient::new(channel),
         }
     }
 

@@ -1,19 +1,26 @@
 //! The sync loop against a fake dataplane: it converges, replays after a
 //! dataplane restart, leaves a dataplane that is already right alone,
 //! retries what the dataplane refused, and counts a revision as synced
-//! only once every op derived from it was acknowledged.
+//! only once every op derived from it was acknowledged — policy
+//! included: one atomic batch right after the interfaces it attaches to,
+//! only what changed, and synced-but-unenforced against a dataplane
+//! without the Policy service.
 
 mod agent_support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_support::{until, FakeDataplane, Table};
+use agent_support::{until, FakeDataplane, PolicyTable, Table};
 use caracal_control::agent::model::{
     DataplaneState, InterfaceKind, InterfaceSpec, PathSpec, RouteSpec, TapSpec,
 };
+use caracal_control::agent::policy::DesiredPolicy;
 use caracal_control::agent::revision::Revision;
-use caracal_control::agent::sync::{self, DesiredFn, SyncConfig, SyncHandle, WaitError};
+use caracal_control::agent::sync::{
+    self, DesiredFn, SyncConfig, SyncHandle, WaitError, POLICY_FAILURE,
+};
+use caracal_proto::dataplane as pb;
 
 fn tap(name: &str, netns: &str, addr: &str) -> InterfaceSpec {
     InterfaceSpec {
@@ -46,6 +53,15 @@ impl World {
 
     /// Sets the desired state; returns its revision.
     fn want(&self, interfaces: &[InterfaceSpec], routes: &[RouteSpec]) -> u64 {
+        self.want_policy(interfaces, routes, DesiredPolicy::default())
+    }
+
+    fn want_policy(
+        &self,
+        interfaces: &[InterfaceSpec],
+        routes: &[RouteSpec],
+        policy: DesiredPolicy,
+    ) -> u64 {
         let mut st = self.state.lock().unwrap();
         *st = Some(DataplaneState {
             interfaces: interfaces
@@ -53,6 +69,7 @@ impl World {
                 .map(|i| (i.name.clone(), i.clone()))
                 .collect(),
             routes: routes.iter().map(|r| (r.prefix, r.clone())).collect(),
+            policy,
         });
         self.revision.advance()
     }
@@ -252,6 +269,221 @@ async fn nothing_is_programmed_before_the_desired_state_is_known() {
     let rev = world.want(&[], &[]);
     until("synced", || sync.status().synced_revision == rev).await;
     assert!(dp.interface_names().is_empty());
+    task.abort();
+    dp.stop().await;
+}
+
+// ---------------------------------------------------------------- policy
+
+/// Policy for interfaces `names`: `ns/a` isolated for ingress by policy
+/// `p`, which allows from IP set `s` (members `members`); the others open.
+fn policy(names: &[&str], members: &[&str]) -> DesiredPolicy {
+    let mut want = DesiredPolicy::default();
+    want.ip_sets.insert(
+        "s".into(),
+        members.iter().map(|m| m.parse().unwrap()).collect(),
+    );
+    want.policies.insert(
+        "p".into(),
+        pb::PolicySpec {
+            name: "p".into(),
+            ingress: vec![pb::Rule {
+                action: pb::Action::Allow as i32,
+                source: Some(pb::EndpointMatch {
+                    ip_sets: vec!["s".into()],
+                    ..Default::default()
+                }),
+                id: "p/ingress/0".into(),
+                ..Default::default()
+            }],
+            egress: vec![],
+        },
+    );
+    for name in names {
+        let tiers = if *name == "ns/a" {
+            vec![pb::Tier {
+                name: "default".into(),
+                policies: vec!["p".into()],
+                end_action: pb::Action::Deny as i32,
+            }]
+        } else {
+            vec![]
+        };
+        want.endpoints.insert(
+            (*name).into(),
+            pb::EndpointPolicy {
+                interface: (*name).into(),
+                ingress: tiers,
+                egress: vec![],
+                ingress_default: pb::Action::Allow as i32,
+                egress_default: pb::Action::Allow as i32,
+            },
+        );
+    }
+    want
+}
+
+fn with_policy() -> Table {
+    Table {
+        policy: Some(PolicyTable::default()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn policy_follows_its_interfaces_in_one_batch_and_counts_for_the_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("dp.sock");
+    let world = World::new();
+    let dp = FakeDataplane::start_with(&socket, with_policy()).await;
+    let (sync, task) = world.spawn(&socket);
+    let taps = [
+        tap("ns/a", "/n/a", "10.65.0.1/32"),
+        tap("ns/b", "/n/b", "10.65.0.2/32"),
+    ];
+    let want = policy(&["ns/a", "ns/b"], &["10.65.0.2/32"]);
+    let rev = world.want_policy(&taps, &[], want.clone());
+    until("synced", || sync.status().synced_revision == rev).await;
+    assert_eq!(
+        dp.changes(),
+        ["add ns/a", "add ns/b", "policy [ns/a ns/b]"],
+        "the attachments right after their interfaces, in one batch"
+    );
+    assert_eq!(DesiredPolicy::from_state(dp.policy_state()), want);
+    assert!(!sync.status().policy_unenforced);
+
+    // A member joins the set: a delta and nothing else.
+    let rev = world.want_policy(
+        &taps,
+        &[],
+        policy(&["ns/a", "ns/b"], &["10.65.0.2/32", "10.65.0.3/32"]),
+    );
+    until("synced", || sync.status().synced_revision == rev).await;
+    let batches = dp.policy_batches();
+    assert_eq!(batches.len(), 2);
+    assert_eq!(
+        batches[1],
+        pb::PolicyBatch {
+            update_ip_sets: vec![pb::IpSetDelta {
+                name: "s".into(),
+                add: vec!["10.65.0.3/32".into()],
+                remove: vec![],
+            }],
+            ..Default::default()
+        }
+    );
+
+    // A new interface: created, then attached in the same round; the
+    // others are not resent.
+    let mut more = taps.to_vec();
+    more.push(tap("ns/c", "/n/c", "10.65.0.3/32"));
+    let rev = world.want_policy(
+        &more,
+        &[],
+        policy(&["ns/a", "ns/b", "ns/c"], &["10.65.0.2/32", "10.65.0.3/32"]),
+    );
+    until("synced", || sync.status().synced_revision == rev).await;
+    assert_eq!(dp.changes()[4..], ["add ns/c", "policy [ns/c]"]);
+
+    // Nothing changes: nothing is sent, even at a resync.
+    world.revision.advance();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(dp.policy_batches().len(), 3);
+    task.abort();
+    dp.stop().await;
+}
+
+#[tokio::test]
+async fn policy_is_replayed_after_a_dataplane_restart_and_left_alone_after_an_agent_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("dp.sock");
+    let world = World::new();
+    let taps = [tap("ns/a", "/n/a", "10.65.0.1/32")];
+    let want = policy(&["ns/a"], &["10.65.0.2/32"]);
+    let rev = world.want_policy(&taps, &[], want.clone());
+    let dp = FakeDataplane::start_with(&socket, with_policy()).await;
+    let (sync, task) = world.spawn(&socket);
+    until("synced", || sync.status().synced_revision == rev).await;
+    dp.stop().await;
+
+    // A new, empty dataplane: interfaces and policy again.
+    let dp = FakeDataplane::start_with(&socket, with_policy()).await;
+    until("replayed", || {
+        let s = sync.status();
+        s.connected && s.synced_revision == rev
+    })
+    .await;
+    assert_eq!(dp.changes(), ["add ns/a", "policy [ns/a]"]);
+    assert_eq!(DesiredPolicy::from_state(dp.policy_state()), want);
+    task.abort();
+
+    // A new agent that wants the same: reads the policy, sends nothing.
+    let world2 = World::new();
+    let rev2 = world2.want_policy(&taps, &[], want);
+    let (sync2, task2) = world2.spawn(&socket);
+    until("synced again", || sync2.status().synced_revision == rev2).await;
+    assert_eq!(dp.policy_batches().len(), 1);
+    task2.abort();
+    dp.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_policy_batch_holds_back_the_revision_and_fails_its_interfaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("dp.sock");
+    let world = World::new();
+    let mut table = with_policy();
+    table.policy.as_mut().unwrap().refuse_policy = Some("p".into());
+    let dp = FakeDataplane::start_with(&socket, table).await;
+    let (sync, task) = world.spawn(&socket);
+    let rev = world.want_policy(
+        &[tap("ns/a", "/n/a", "10.65.0.1/32")],
+        &[],
+        policy(&["ns/a"], &[]),
+    );
+    let err = sync
+        .wait_for_interface(rev, "ns/a", Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    let WaitError::Refused { failure, .. } = err else {
+        panic!("{err}")
+    };
+    assert_eq!(failure.code, tonic::Code::InvalidArgument);
+    let status = sync.status();
+    assert!(status.failures.contains_key(POLICY_FAILURE));
+    assert_eq!(status.synced_revision, 0);
+    assert_eq!(dp.interface_names(), ["ns/a"], "created, and closed");
+
+    dp.table
+        .lock()
+        .unwrap()
+        .policy
+        .as_mut()
+        .unwrap()
+        .refuse_policy = None;
+    until("retried", || sync.status().synced_revision == rev).await;
+    assert!(sync.status().failures.is_empty());
+    task.abort();
+    dp.stop().await;
+}
+
+#[tokio::test]
+async fn without_the_policy_service_policy_is_synced_but_unenforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("dp.sock");
+    let world = World::new();
+    let dp = FakeDataplane::start(&socket).await;
+    let (sync, task) = world.spawn(&socket);
+    let rev = world.want_policy(
+        &[tap("ns/a", "/n/a", "10.65.0.1/32")],
+        &[],
+        policy(&["ns/a"], &["10.65.0.2/32"]),
+    );
+    until("synced", || sync.status().synced_revision == rev).await;
+    let status = sync.status();
+    assert!(status.policy_unenforced);
+    assert!(status.failures.is_empty());
+    assert_eq!(dp.changes(), ["add ns/a"]);
     task.abort();
     dp.stop().await;
 }

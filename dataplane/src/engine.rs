@@ -22,6 +22,7 @@ use crate::model::{
     CountersSnapshot, InterfaceInfo, InterfaceKindSpec, InterfaceSpec, IpCidr, PathSpec,
     RouteOrigin, RouteSpec, WorkerStats,
 };
+use crate::port::memif::{MemifConfig, MemifPort, SocketAddress};
 use crate::port::tap::{PodNetConfig, TapConfig, TapPort};
 use crate::port::{Port, PortId};
 use crate::tables::{lpm, AdjPath, Adjacency, Gateway, Lpm, PortEntry, Tables, MAX_PATHS};
@@ -48,6 +49,8 @@ pub enum EngineError {
     Buffers(#[from] crate::buffer::BufferPoolError),
     #[error("tap: {0}")]
     Tap(#[from] crate::port::tap::TapError),
+    #[error(transparent)]
+    Memif(#[from] crate::port::memif::MemifError),
     #[error("worker: {0}")]
     Worker(std::io::Error),
 }
@@ -59,6 +62,8 @@ struct Iface {
     spec: InterfaceSpec,
     port: Arc<dyn Port>,
     ifindex: u32,
+    /// The same port, for its connection state, when it is a memif.
+    memif: Option<Arc<MemifPort>>,
 }
 
 /// A route and the adjacency it resolved to.
@@ -267,6 +272,7 @@ impl Engine {
             }
             None => return Err(EngineError::TooManyInterfaces),
         };
+        let mut memif = None;
         let (port, ifindex): (Arc<dyn Port>, u32) = match &spec.kind {
             InterfaceKindSpec::Tap(tap) => {
                 let queues = if tap.queues == 0 {
@@ -285,6 +291,32 @@ impl Engine {
                 })?;
                 let ifindex = t.ifindex();
                 (t, ifindex)
+            }
+            InterfaceKindSpec::Memif(m) => {
+                let queues = if m.queues == 0 {
+                    self.worker_count as u16
+                } else {
+                    m.queues
+                };
+                let port = MemifPort::create(&MemifConfig {
+                    name: spec.name.clone(),
+                    socket: SocketAddress::parse(&m.socket)?,
+                    role: m.role,
+                    id: m.id,
+                    secret: m.secret.clone(),
+                    queues,
+                    mode: m.mode,
+                    rx_mode: m.rx_mode,
+                    ring_size: m.ring_size,
+                    buffer_size: m.buffer_size,
+                    peer_mac: m
+                        .peer_mac
+                        .unwrap_or(caracal_wire::EthernetAddress::BROADCAST),
+                    mtu: spec.mtu,
+                    hugepages: self.pool.hugepages(),
+                })?;
+                memif = Some(port.clone());
+                (port, 0)
             }
         };
         let entry = PortEntry {
@@ -315,6 +347,7 @@ impl Engine {
             spec: spec.clone(),
             port,
             ifindex,
+            memif,
         };
         st.interfaces.insert(spec.name.clone(), iface);
         for a in &spec.addresses {
@@ -375,14 +408,16 @@ impl Engine {
 
     fn info(&self, st: &State, i: &Iface) -> InterfaceInfo {
         let _ = st;
+        let memif = i.memif.as_ref().map(|m| m.status());
         InterfaceInfo {
             id: i.id,
             spec: i.spec.clone(),
             kind: i.port.kind(),
             mac: i.port.peer_mac(),
             ifindex: i.ifindex,
-            up: true,
+            up: memif.as_ref().is_none_or(|m| m.connected),
             stats: i.port.stats(),
+            memif,
         }
     }
 
@@ -565,6 +600,16 @@ fn validate_interface(spec: &mut InterfaceSpec) -> Result<(), EngineError> {
             }
             if tap.netns.as_os_str().is_empty() {
                 return Err(EngineError::Invalid("tap.netns is empty".into()));
+            }
+        }
+        InterfaceKindSpec::Memif(_) => {
+            // Frames travel in one packet buffer each.
+            if spec.mtu > crate::port::memif::MAX_MTU {
+                return Err(EngineError::Invalid(format!(
+                    "mtu {}: a memif interface carries at most {}",
+                    spec.mtu,
+                    crate::port::memif::MAX_MTU
+                )));
             }
         }
     }

@@ -11,6 +11,10 @@ use caracal_wire::{EthernetAddress, Ipv4Cidr, Ipv6Cidr};
 
 use crate::buffer::PoolStats;
 use crate::graph::DropReason;
+pub use crate::port::memif::{
+    Direction as MemifRingDirection, MemifRingStatus, MemifStatus, Mode as MemifMode,
+    Role as MemifRole, RxMode as MemifRxMode,
+};
 use crate::port::{PortId, PortKind, PortStats};
 
 /// An IPv4 or IPv6 prefix.
@@ -97,6 +101,7 @@ pub struct InterfaceSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InterfaceKindSpec {
     Tap(TapSpec),
+    Memif(MemifSpec),
 }
 
 /// A tap device created inside a network namespace.
@@ -111,6 +116,29 @@ pub struct TapSpec {
     pub configure: bool,
 }
 
+/// A memif interface (see [`crate::port::memif`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemifSpec {
+    /// Control socket: an absolute path, or `@name` (abstract namespace).
+    pub socket: PathBuf,
+    pub role: MemifRole,
+    /// Interface id on the socket.
+    pub id: u32,
+    /// At most 24 bytes.
+    pub secret: Option<String>,
+    /// Queue pairs; 0 means one per worker.
+    pub queues: u16,
+    pub mode: MemifMode,
+    pub rx_mode: MemifRxMode,
+    /// Descriptors per ring (entries, not log2), a power of two; 0 is the
+    /// role's default (client: creates 1024; server: accepts up to 16384).
+    pub ring_size: u16,
+    /// Bytes per buffer a client creates; 0 means 2048.
+    pub buffer_size: u16,
+    /// The peer interface's MAC; `None`: broadcast, which any peer accepts.
+    pub peer_mac: Option<EthernetAddress>,
+}
+
 /// An interface as the dataplane runs it.
 #[derive(Debug, Clone)]
 pub struct InterfaceInfo {
@@ -121,8 +149,11 @@ pub struct InterfaceInfo {
     pub mac: EthernetAddress,
     /// Kernel ifindex inside its namespace (taps).
     pub ifindex: u32,
+    /// Taps: always. Memif: connected to a peer.
     pub up: bool,
     pub stats: PortStats,
+    /// Connection state of a memif interface.
+    pub memif: Option<MemifStatus>,
 }
 
 /// Who installed a route.

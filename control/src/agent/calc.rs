@@ -3,19 +3,22 @@
 //!
 //! Today that is one tap interface per tap endpoint, carrying the
 //! endpoint's addresses (the dataplane installs their host routes with
-//! the interface). Policies (per-endpoint rules from NetworkPolicies and
-//! IP sets from selectors) and services (load-balancing tables from
-//! Services and EndpointSlices) will be computed here from the same
-//! inputs, into further fields of [`DataplaneState`].
+//! the interface), and the policy of every such interface: the
+//! NetworkPolicies compiled by [`policy::calculate`]. Services
+//! (load-balancing tables from Services and EndpointSlices) will be
+//! computed here from the same inputs, into further fields of
+//! [`DataplaneState`].
 
 use super::datastore::Objects;
 use super::endpoints::{Endpoint, Endpoints, InterfaceKind as EndpointKind};
 use super::model::{DataplaneState, InterfaceKind, InterfaceSpec, TapSpec};
+use super::policy;
 
 /// Everything the calculation reads.
 #[derive(Debug, Clone, Copy)]
 pub struct Inputs<'a> {
-    /// The datastore's objects (for policies and services, later).
+    /// The datastore's objects (pods, namespaces and NetworkPolicies for
+    /// policy; services, later).
     pub objects: &'a Objects,
     pub endpoints: &'a Endpoints,
 }
@@ -28,6 +31,12 @@ pub fn desired_state(inputs: Inputs<'_>) -> DataplaneState {
             state.interfaces.insert(spec.name.clone(), spec);
         }
     }
+    state.policy = policy::calculate(inputs.objects, inputs.endpoints);
+    // Attachments only for the interfaces the dataplane will have.
+    state
+        .policy
+        .endpoints
+        .retain(|name, _| state.interfaces.contains_key(name));
     state
 }
 
@@ -122,6 +131,32 @@ mod tests {
             endpoints: &eps,
         });
         assert!(state.interfaces.is_empty());
+        assert!(
+            state.policy.endpoints.is_empty(),
+            "no interface, no attachment"
+        );
+    }
+
+    #[test]
+    fn every_interface_has_its_policy_attachment() {
+        use crate::agent::datastore::objects::StoredKind;
+        let eps = endpoints(vec![endpoint("a", EndpointKind::Tap, &["10.65.0.1/32"])]);
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "namespace": "default"},
+        }))
+        .unwrap();
+        let objects = Objects::from_objects([pod.into_object()]);
+        let state = desired_state(Inputs {
+            objects: &objects,
+            endpoints: &eps,
+        });
+        let names: Vec<_> = state.policy.endpoints.keys().cloned().collect();
+        assert_eq!(names, ["default/a"]);
+        let a = &state.policy.endpoints["default/a"];
+        assert!(
+            a.ingress.is_empty() && a.egress.is_empty(),
+            "no policy: open"
+        );
     }
 
     #[test]

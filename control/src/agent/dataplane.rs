@@ -1,6 +1,7 @@
 //! The agent's connection to the dataplane: dialing its unix socket,
 //! noticing at once when the connection drops (the dataplane stopped or
-//! restarted), reading its state and applying [`Op`]s to it.
+//! restarted), reading its state and applying [`Op`]s and policy batches
+//! to it.
 //!
 //! Loss is noticed at the socket: HTTP/2 keeps a read pending on the
 //! connection, so the end of the stream (or an error) arrives the moment
@@ -139,6 +140,22 @@ impl Connection {
                 Ok(None)
             }
         }
+    }
+
+    /// Every IP set, policy and attachment the dataplane runs.
+    pub async fn policy_state(&self) -> Result<pb::PolicyState, tonic::Status> {
+        let mut policy = self.client.policy.clone();
+        let req = pb::GetPolicyStateRequest {
+            interface: String::new(),
+        };
+        Ok(policy.get_policy_state(req).await?.into_inner())
+    }
+
+    /// Applies `batch` as one atomic change; returns the policy
+    /// generation every worker enforces once it is in.
+    pub async fn apply_policy(&self, batch: pb::PolicyBatch) -> Result<u64, tonic::Status> {
+        let mut policy = self.client.policy.clone();
+        Ok(policy.apply(batch).await?.into_inner().generation)
     }
 }
 

@@ -1,6 +1,9 @@
 //! The diff: the operations that take the dataplane from the state it
 //! runs to the state the agent wants, in an order the dataplane accepts.
-//! Pure and IO-free.
+//! Pure and IO-free. (Policy has its own diff, [`policy::diff`], into one
+//! atomic batch.)
+//!
+//! [`policy::diff`]: super::policy::diff()
 //!
 //! Order: routes go before the interfaces they use, deletes before
 //! replaces before adds, so that an address or prefix moving from one
@@ -136,6 +139,7 @@ mod tests {
                 .map(|i| (i.name.clone(), i.clone()))
                 .collect(),
             routes: routes.iter().map(|r| (r.prefix, r.clone())).collect(),
+            ..Default::default()
         }
     }
 

@@ -15,10 +15,12 @@
 //!   folder.
 //! - [`revision`]: the counter every change advances, and which the sync
 //!   reports as synced once the dataplane runs it.
-//! - [`calc`], [`diff`], [`model`], [`pools`]: the pure calculation, from
-//!   objects and endpoints to the desired dataplane state, to ops.
-//! - [`sync`], [`dataplane`], [`backoff`]: the loop that applies them over
-//!   the dataplane's gRPC API.
+//! - [`calc`], [`diff`], [`model`], [`pools`], [`policy`]: the pure
+//!   calculation, from objects and endpoints to the desired dataplane
+//!   state (NetworkPolicies compiled to IP sets, policies and per-endpoint
+//!   tiers included), to ops.
+//! - [`sync`], [`policy_sync`], [`dataplane`], [`backoff`]: the loop that
+//!   applies them over the dataplane's gRPC API.
 //! - [`cni_server`], [`status`], [`context`], [`socket`]: the agent's own
 //!   gRPC API (`caracal.agent.v1`) on its unix socket.
 //! - [`daemon`]: all of it put together, as `caracal-agent` runs it.
@@ -33,6 +35,8 @@ pub mod datastore;
 pub mod diff;
 pub mod endpoints;
 pub mod model;
+pub mod policy;
+pub mod policy_sync;
 pub mod pools;
 pub mod revision;
 pub mod socket;

@@ -1,5 +1,6 @@
 //! The dataplane's state as the agent reasons about it: interfaces and
-//! routes keyed by name and prefix, in domain types, with the dataplane's
+//! routes keyed by name and prefix, in domain types, and policy (see
+//! [`DesiredPolicy`]), with the dataplane's
 //! defaults made explicit so that a spec the agent wants and the spec the
 //! dataplane reports compare equal exactly when the dataplane would call
 //! them the same (and so leave the interface alone).
@@ -12,6 +13,8 @@ use std::net::IpAddr;
 
 use caracal_proto::dataplane as pb;
 use ipnet::IpNet;
+
+use super::policy::DesiredPolicy;
 
 /// MTU the dataplane gives an interface whose spec says 0, bytes.
 pub const DATAPLANE_DEFAULT_MTU: u16 = 1500;
@@ -67,10 +70,12 @@ pub struct PathSpec {
 }
 
 /// Everything the agent programs into the dataplane.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DataplaneState {
     pub interfaces: BTreeMap<String, InterfaceSpec>,
     pub routes: BTreeMap<IpNet, RouteSpec>,
+    /// IP sets, policies, and an attachment for every interface.
+    pub policy: DesiredPolicy,
 }
 
 /// Reads an address as the dataplane writes it: with a prefix length, or
@@ -195,7 +200,8 @@ impl RouteSpec {
 }
 
 impl DataplaneState {
-    /// What the dataplane's `ListInterfaces` and `ListRoutes` describe.
+    /// What the dataplane's `ListInterfaces` and `ListRoutes` describe
+    /// (policy is read apart: see [`sync`](super::sync)).
     pub fn from_listing(interfaces: &[pb::Interface], routes: &[pb::Route]) -> Self {
         DataplaneState {
             interfaces: interfaces
@@ -209,6 +215,7 @@ impl DataplaneState {
                 .filter_map(RouteSpec::from_proto)
                 .map(|r| (r.prefix, r))
                 .collect(),
+            policy: DesiredPolicy::default(),
         }
     }
 }

@@ -10,9 +10,16 @@
 //! follows the reconnect replays everything; after an agent restart the
 //! listing already matches and nothing is touched. A revision counts as
 //! synced only when the dataplane has acknowledged every op derived from
-//! it; while the dataplane is away nothing is synced (revision 0).
+//! it, its policy batch included; while the dataplane is away nothing is
+//! synced (revision 0).
+//!
+//! Policy goes last in a round, as one atomic batch ([`policy_sync`]),
+//! so that it carries the attachments of the interfaces the round
+//! created.
+//!
+//! [`policy_sync`]: super::policy_sync
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +34,7 @@ use super::backoff::Backoff;
 use super::dataplane::{is_disconnect, Connection};
 use super::diff::{diff, Op};
 use super::model::DataplaneState;
+use super::policy_sync::{PolicyOutcome, PolicySync};
 
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -73,12 +81,21 @@ pub struct SyncStatus {
     /// while disconnected.
     pub attempted_revision: u64,
     /// What the latest reconcile could not do, by interface name (or by
-    /// op, for ops not about an interface).
+    /// op, for ops not about an interface; [`POLICY_FAILURE`] for the
+    /// policy batch, which also fails every interface whose attachment it
+    /// carried).
     pub failures: BTreeMap<String, Failure>,
+    /// FALLBACK(policy-unimplemented): the dataplane does not implement
+    /// the Policy service, so NetworkPolicies are not enforced (and do
+    /// not hold back `synced_revision`).
+    pub policy_unenforced: bool,
     /// The dataplane's interfaces after the latest reconcile, by name
     /// (shared: a status is cloned often).
     pub interfaces: Arc<BTreeMap<String, pb::Interface>>,
 }
+
+/// The key of [`SyncStatus::failures`] for a refused policy batch.
+pub const POLICY_FAILURE: &str = "policy";
 
 /// Why waiting for an interface failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,6 +178,7 @@ pub fn spawn(
         changes,
         status: status_tx,
         connection,
+        policy: PolicySync::default(),
     };
     (handle, tokio::spawn(sync.run()))
 }
@@ -171,6 +189,7 @@ struct SyncLoop {
     changes: watch::Receiver<u64>,
     status: watch::Sender<SyncStatus>,
     connection: Arc<Mutex<Option<Connection>>>,
+    policy: PolicySync,
 }
 
 /// How a reconcile ended.
@@ -206,6 +225,7 @@ impl SyncLoop {
             said_unreachable = false;
             info!(socket = %self.config.socket.display(), "connected to the dataplane");
             *self.connection.lock().expect("poisoned") = Some(conn.clone());
+            self.policy.connected();
             self.status.send_modify(|s| s.connected = true);
 
             self.serve(&conn).await;
@@ -216,6 +236,7 @@ impl SyncLoop {
                 s.synced_revision = 0;
                 s.attempted_revision = 0;
                 s.failures.clear();
+                s.policy_unenforced = false;
                 s.interfaces = Arc::default();
             });
             warn!("lost the dataplane connection; reconnecting");
@@ -251,7 +272,10 @@ impl SyncLoop {
                     }
                 }
                 () = sleep_until(retry_at) => debug!("retrying refused ops"),
-                _ = resync.tick() => debug!("periodic resync"),
+                _ = resync.tick() => {
+                    debug!("periodic resync");
+                    self.policy.forget();
+                }
             }
         }
     }
@@ -278,8 +302,11 @@ impl SyncLoop {
             .filter_map(|i| Some((i.spec.as_ref()?.name.clone(), i)))
             .collect();
         let mut failures = BTreeMap::new();
+        // Interfaces the ops made, changed or removed (or failed to).
+        let mut touched = BTreeSet::new();
         for op in &ops {
             debug!(%op, revision, "applying");
+            touched.extend(op.interface().map(str::to_owned));
             match conn.apply(op).await {
                 Ok(reply) => {
                     if let Op::DeleteInterface(name) = op {
@@ -311,6 +338,32 @@ impl SyncLoop {
                 "dataplane updated"
             );
         }
+        // An interface whose op failed may or may not be there: no
+        // attachment for it this round.
+        let present: BTreeMap<String, pb::Interface> = interfaces
+            .iter()
+            .filter(|(name, _)| !failures.contains_key(*name))
+            .map(|(name, i)| (name.clone(), i.clone()))
+            .collect();
+        let outcome = self
+            .policy
+            .reconcile(conn, revision, &desired.policy, &touched, &present)
+            .await;
+        let unenforced = match outcome {
+            PolicyOutcome::Synced => false,
+            PolicyOutcome::Unenforced => true,
+            PolicyOutcome::Disconnected => return Reconciled::Disconnected,
+            PolicyOutcome::Refused {
+                failure,
+                interfaces,
+            } => {
+                for name in interfaces {
+                    failures.entry(name).or_insert_with(|| failure.clone());
+                }
+                failures.insert(POLICY_FAILURE.to_owned(), failure);
+                false
+            }
+        };
         let done = failures.is_empty();
         self.status.send_modify(|s| {
             s.attempted_revision = revision;
@@ -318,6 +371,7 @@ impl SyncLoop {
                 s.synced_revision = revision;
             }
             s.failures = failures;
+            s.policy_unenforced = unenforced;
             s.interfaces = Arc::new(interfaces);
         });
         if done {

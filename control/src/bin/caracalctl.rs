@@ -2,7 +2,8 @@
 //! its API socket.
 //!
 //! ```text
-//! caracalctl [--socket PATH] show interfaces|routes|counters [--json]
+//! caracalctl [--socket PATH] show interfaces|routes|counters|flows [--json]
+//! caracalctl show policy NAMESPACE/POD [--json]
 //! caracalctl interface add tap NAME --netns PATH [--ifname IFNAME]
 //!            [--address CIDR]... [--mtu N] [--queues N] [--configure]
 //! caracalctl interface add memif NAME --memif-socket PATH|@NAME --role server|client
@@ -20,12 +21,14 @@
 
 // The binary's root sits in `src/bin/`, where every `.rs` file would be a
 // binary of its own; its modules live in the directory named after it.
+#[path = "caracalctl/lab.rs"]
+mod lab_cmd;
+#[path = "caracalctl/policy.rs"]
+mod policy;
 #[path = "caracalctl/table.rs"]
 mod table;
 #[path = "caracalctl/view.rs"]
 mod view;
-#[path = "caracalctl/lab.rs"]
-mod lab_cmd;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -85,7 +88,7 @@ struct ShowArgs {
     what: ShowWhat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 enum ShowWhat {
     /// Interfaces with their devices, addresses and counters.
     Interfaces,
@@ -93,6 +96,13 @@ enum ShowWhat {
     Routes,
     /// Per-worker counters, drops by node and reason, the buffer pool.
     Counters,
+    /// The policy of a pod's interface: tiers, policies, rules, IP sets.
+    Policy {
+        /// NAMESPACE/POD (or POD, in namespace default).
+        pod: String,
+    },
+    /// The flow table, with each flow's verdict and deciding rule.
+    Flows,
 }
 
 #[derive(Debug, Subcommand)]
@@ -382,6 +392,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let view = CountersView::from(rpc(counters)?);
                     (to_json(&view)?, view::counters_text(&view))
                 }
+                ShowWhat::Policy { pod } => {
+                    let interface = policy::interface_of(&pod);
+                    let req = pb::GetPolicyStateRequest {
+                        interface: interface.clone(),
+                    };
+                    let state = rpc(dp.policy.get_policy_state(req).await)?;
+                    let view = policy::PolicyView::new(&interface, &state).with_context(|| {
+                        format!("no policy for interface {interface}: is {pod} on this node?")
+                    })?;
+                    (to_json(&view)?, policy::policy_text(&view))
+                }
+                ShowWhat::Flows => {
+                    let list = dp
+                        .policy
+                        .list_flows(pb::ListFlowsRequest { limit: 0 })
+                        .await;
+                    let view = policy::FlowsView {
+                        flows: rpc(list)?.flows.into_iter().map(Into::into).collect(),
+                    };
+                    (
+                        to_json(&view)?,
+                        policy::flows_table(&view.flows).to_string(),
+                    )
+                }
             };
             emit(if show.json { &json } else { &table })
         }
@@ -489,6 +523,21 @@ mod tests {
             panic!()
         };
         assert!(!show.json);
+    }
+
+    #[test]
+    fn show_policy_takes_a_pod() {
+        let Command::Show(show) = parse(&["show", "policy", "prod/web", "--json"]).command else {
+            panic!()
+        };
+        assert!(show.json);
+        assert_eq!(
+            show.what,
+            ShowWhat::Policy {
+                pod: "prod/web".into()
+            }
+        );
+        assert!(parse_err(&["show", "policy"]).contains("<POD>"));
     }
 
     #[test]
@@ -660,11 +709,20 @@ mod tests {
         assert!(err(&["--memif-socket", "/s"]).contains("--role"));
         assert!(err(&["--memif-socket", "/s", "--role", "master"]).contains("invalid value"));
         // The API socket keeps its flag beside the memif one.
-        let cli = parse(&[
-            &add[..],
-            &["--memif-socket", "/m", "--role", "client", "--socket", "/api"],
-        ]
-        .concat());
+        let cli = parse(
+            &[
+                &add[..],
+                &[
+                    "--memif-socket",
+                    "/m",
+                    "--role",
+                    "client",
+                    "--socket",
+                    "/api",
+                ],
+            ]
+            .concat(),
+        );
         assert_eq!(cli.socket, Path::new("/api"));
     }
 

@@ -1,16 +1,18 @@
 //! Shared scaffolding for the agent's unprivileged tests: a fake
 //! dataplane (the dataplane's Interfaces and Routes services over an
-//! in-memory table, on a unix socket) that records every change asked of
-//! it, and small waiting helpers.
+//! in-memory table, and its Policy service if asked for, on a unix
+//! socket) that records every change asked of it, and small waiting
+//! helpers.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use caracal_proto::dataplane as pb;
 use caracal_proto::dataplane::interfaces_server::{Interfaces, InterfacesServer};
+use caracal_proto::dataplane::policy_server::{Policy, PolicyServer};
 use caracal_proto::dataplane::routes_server::{Routes, RoutesServer};
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -28,6 +30,114 @@ pub struct Table {
     /// AddInterface of a tap whose netns contains this fails with
     /// FailedPrecondition, as the real one does for a missing netns.
     pub refuse_netns: Option<String>,
+    /// The Policy service's state; `None`: the fake does not serve it
+    /// (UNIMPLEMENTED, as today's dataplane).
+    pub policy: Option<PolicyTable>,
+}
+
+/// What the fake's Policy service holds, and the batches it was sent.
+#[derive(Debug, Default)]
+pub struct PolicyTable {
+    pub ip_sets: BTreeMap<String, BTreeSet<String>>,
+    pub policies: BTreeMap<String, pb::PolicySpec>,
+    /// Attachments by interface. An interface without one passes nothing
+    /// (the fail-closed rule the agent relies on).
+    pub endpoints: BTreeMap<String, pb::EndpointPolicy>,
+    pub generation: u64,
+    /// Every batch applied, in order.
+    pub batches: Vec<pb::PolicyBatch>,
+    /// A batch that sets a policy of this name is refused
+    /// (InvalidArgument).
+    pub refuse_policy: Option<String>,
+}
+
+impl PolicyTable {
+    /// Applies `batch` to a copy and checks the result, as the dataplane
+    /// must: attachments for existing interfaces only, deltas of existing
+    /// sets, every reference resolved.
+    fn apply(
+        &self,
+        batch: &pb::PolicyBatch,
+        interfaces: &BTreeMap<String, pb::Interface>,
+    ) -> Result<PolicyTable, Status> {
+        if let Some(bad) = &self.refuse_policy {
+            if batch.set_policies.iter().any(|p| &p.name == bad) {
+                return Err(Status::invalid_argument(format!("policy {bad:?}: refused")));
+            }
+        }
+        let mut next = PolicyTable {
+            ip_sets: self.ip_sets.clone(),
+            policies: self.policies.clone(),
+            endpoints: self.endpoints.clone(),
+            ..Default::default()
+        };
+        for set in &batch.set_ip_sets {
+            next.ip_sets
+                .insert(set.name.clone(), set.members.iter().cloned().collect());
+        }
+        for delta in &batch.update_ip_sets {
+            let set = next
+                .ip_sets
+                .get_mut(&delta.name)
+                .ok_or_else(|| Status::not_found(format!("IP set {:?}", delta.name)))?;
+            for m in &delta.remove {
+                set.remove(m);
+            }
+            set.extend(delta.add.iter().cloned());
+        }
+        for p in &batch.set_policies {
+            next.policies.insert(p.name.clone(), p.clone());
+        }
+        for e in &batch.set_endpoints {
+            if !interfaces.contains_key(&e.interface) {
+                return Err(Status::failed_precondition(format!(
+                    "no interface {:?}",
+                    e.interface
+                )));
+            }
+            next.endpoints.insert(e.interface.clone(), e.clone());
+        }
+        for p in &batch.delete_policies {
+            next.policies.remove(p);
+        }
+        for s in &batch.delete_ip_sets {
+            next.ip_sets.remove(s);
+        }
+        for e in next.endpoints.values() {
+            for t in e.ingress.iter().chain(&e.egress) {
+                if let Some(p) = t.policies.iter().find(|p| !next.policies.contains_key(*p)) {
+                    return Err(Status::invalid_argument(format!("no policy {p:?}")));
+                }
+            }
+        }
+        for p in next.policies.values() {
+            for r in p.ingress.iter().chain(&p.egress) {
+                for m in r.source.iter().chain(&r.destination) {
+                    if let Some(s) = m.ip_sets.iter().find(|s| !next.ip_sets.contains_key(*s)) {
+                        return Err(Status::invalid_argument(format!("no IP set {s:?}")));
+                    }
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    /// The state as `GetPolicyState` reports it.
+    pub fn state(&self) -> pb::PolicyState {
+        pb::PolicyState {
+            generation: self.generation,
+            ip_sets: self
+                .ip_sets
+                .iter()
+                .map(|(name, members)| pb::IpSet {
+                    name: name.clone(),
+                    members: members.iter().cloned().collect(),
+                })
+                .collect(),
+            policies: self.policies.values().cloned().collect(),
+            endpoints: self.endpoints.values().cloned().collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +201,10 @@ impl Interfaces for Service {
         if existed {
             t.changes.push(format!("delete {name}"));
         }
+        // The attachment goes with its interface.
+        if let Some(policy) = &mut t.policy {
+            policy.endpoints.remove(&name);
+        }
         Ok(Response::new(pb::DeleteInterfaceResponse { existed }))
     }
 
@@ -146,6 +260,140 @@ impl Routes for Service {
     }
 }
 
+impl Service {
+    fn apply_batch(&self, batch: pb::PolicyBatch) -> Result<Response<pb::PolicyReply>, Status> {
+        let mut guard = self.0.lock().unwrap();
+        let t = &mut *guard;
+        let Some(policy) = &mut t.policy else {
+            return Err(Status::unimplemented("no Policy service"));
+        };
+        let mut next = policy.apply(&batch, &t.interfaces)?;
+        next.generation = policy.generation + 1;
+        next.batches = std::mem::take(&mut policy.batches);
+        next.batches.push(batch.clone());
+        next.refuse_policy = policy.refuse_policy.take();
+        *policy = next;
+        let endpoints: Vec<&str> = batch
+            .set_endpoints
+            .iter()
+            .map(|e| e.interface.as_str())
+            .collect();
+        t.changes.push(format!("policy [{}]", endpoints.join(" ")));
+        Ok(Response::new(pb::PolicyReply {
+            generation: t.policy.as_ref().unwrap().generation,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Policy for Service {
+    async fn set_ip_set(
+        &self,
+        req: Request<pb::IpSet>,
+    ) -> Result<Response<pb::PolicyReply>, Status> {
+        self.apply_batch(pb::PolicyBatch {
+            set_ip_sets: vec![req.into_inner()],
+            ..Default::default()
+        })
+    }
+
+    async fn update_ip_set(
+        &self,
+        req: Request<pb::IpSetDelta>,
+    ) -> Result<Response<pb::PolicyReply>, Status> {
+        self.apply_batch(pb::PolicyBatch {
+            update_ip_sets: vec![req.into_inner()],
+            ..Default::default()
+        })
+    }
+
+    async fn delete_ip_set(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::PolicyReply>, Status> {
+        self.apply_batch(pb::PolicyBatch {
+            delete_ip_sets: vec![req.into_inner().name],
+            ..Default::default()
+        })
+    }
+
+    async fn set_policy(
+        &self,
+        req: Request<pb::PolicySpec>,
+    ) -> Result<Response<pb::PolicyReply>, Status> {
+        self.apply_batch(pb::PolicyBatch {
+            set_policies: vec![req.into_inner()],
+            ..Default::default()
+        })
+    }
+
+    async fn delete_policy(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::PolicyReply>, Status> {
+        self.apply_batch(pb::PolicyBatch {
+            delete_policies: vec![req.into_inner().name],
+            ..Default::default()
+        })
+    }
+
+    async fn set_endpoint_policy(
+        &self,
+        req: Request<pb::EndpointPolicy>,
+    ) -> Result<Response<pb::PolicyReply>, Status> {
+        self.apply_batch(pb::PolicyBatch {
+            set_endpoints: vec![req.into_inner()],
+            ..Default::default()
+        })
+    }
+
+    async fn apply(
+        &self,
+        req: Request<pb::PolicyBatch>,
+    ) -> Result<Response<pb::PolicyReply>, Status> {
+        self.apply_batch(req.into_inner())
+    }
+
+    async fn get_policy_state(
+        &self,
+        req: Request<pb::GetPolicyStateRequest>,
+    ) -> Result<Response<pb::PolicyState>, Status> {
+        let t = self.0.lock().unwrap();
+        let Some(policy) = &t.policy else {
+            return Err(Status::unimplemented("no Policy service"));
+        };
+        let mut state = policy.state();
+        let interface = req.into_inner().interface;
+        if !interface.is_empty() {
+            state.endpoints.retain(|e| e.interface == interface);
+            let used: BTreeSet<&String> = state
+                .endpoints
+                .iter()
+                .flat_map(|e| e.ingress.iter().chain(&e.egress))
+                .flat_map(|t| &t.policies)
+                .collect();
+            state.policies.retain(|p| used.contains(&p.name));
+            let sets: BTreeSet<String> = state
+                .policies
+                .iter()
+                .flat_map(|p| p.ingress.iter().chain(&p.egress))
+                .flat_map(|r| r.source.iter().chain(&r.destination))
+                .flat_map(|m| m.ip_sets.iter().chain(&m.not_ip_sets))
+                .cloned()
+                .collect();
+            state.ip_sets.retain(|s| sets.contains(&s.name));
+        }
+        Ok(Response::new(state))
+    }
+
+    async fn list_flows(
+        &self,
+        _: Request<pb::ListFlowsRequest>,
+    ) -> Result<Response<pb::ListFlowsResponse>, Status> {
+        Ok(Response::new(pb::ListFlowsResponse::default()))
+    }
+}
+
 /// A fake dataplane serving on a unix socket until stopped.
 #[derive(Debug)]
 pub struct FakeDataplane {
@@ -164,13 +412,15 @@ impl FakeDataplane {
     pub async fn start_with(socket: &Path, table: Table) -> Self {
         let _ = std::fs::remove_file(socket);
         let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        let with_policy = table.policy.is_some();
         let table = Arc::new(Mutex::new(table));
         let service = Service(Arc::clone(&table));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(InterfacesServer::new(service.clone()))
-                .add_service(RoutesServer::new(service))
+                .add_service(RoutesServer::new(service.clone()))
+                .add_optional_service(with_policy.then(|| PolicyServer::new(service)))
                 .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
                     let _ = stopped.await;
                 })
@@ -214,6 +464,17 @@ impl FakeDataplane {
 
     pub fn interface(&self, name: &str) -> Option<pb::Interface> {
         self.table.lock().unwrap().interfaces.get(name).cloned()
+    }
+
+    /// The Policy service's state (panics if the fake has none).
+    pub fn policy_state(&self) -> pb::PolicyState {
+        self.table.lock().unwrap().policy.as_ref().unwrap().state()
+    }
+
+    /// The policy batches applied so far.
+    pub fn policy_batches(&self) -> Vec<pb::PolicyBatch> {
+        let t = self.table.lock().unwrap();
+        t.policy.as_ref().unwrap().batches.clone()
     }
 }
 

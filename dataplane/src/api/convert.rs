@@ -18,9 +18,11 @@ use tonic::Status;
 use crate::engine::EngineError;
 use crate::graph::DropReason;
 use crate::model::{
-    CountersSnapshot, InterfaceInfo, InterfaceKindSpec, InterfaceSpec, IpCidr, PathSpec,
-    RouteOrigin, RouteSpec, TapSpec, WorkerStats,
+    CountersSnapshot, InterfaceInfo, InterfaceKindSpec, InterfaceSpec, IpCidr, MemifMode,
+    MemifRingDirection, MemifRole, MemifRxMode, MemifSpec, MemifStatus, PathSpec, RouteOrigin,
+    RouteSpec, TapSpec, WorkerStats,
 };
+use crate::port::memif::{self, MemifError};
 use crate::port::tap::TapError;
 use crate::port::{PortKind, PortStats};
 
@@ -56,6 +58,12 @@ pub fn engine_error_to_status(err: EngineError) -> Status {
         // no permission): retrying the same request will not help until
         // something outside the dataplane changes.
         EngineError::Tap(_) => Status::failed_precondition(err.to_string()),
+        EngineError::Memif(MemifError::InvalidConfig(_)) => {
+            Status::invalid_argument(err.to_string())
+        }
+        EngineError::Memif(MemifError::SocketInUse(_)) => Status::already_exists(err.to_string()),
+        // The socket's directory is missing, or no file descriptors left.
+        EngineError::Memif(_) => Status::failed_precondition(err.to_string()),
         // Workers did not take the change, or are stopping: try later.
         EngineError::ShuttingDown | EngineError::Worker(_) => Status::unavailable(err.to_string()),
     }
@@ -134,7 +142,19 @@ pub fn interface_spec_from_proto(spec: Option<pb::InterfaceSpec>) -> Result<Inte
 
     let kind = match spec.kind {
         Some(pb::interface_spec::Kind::Tap(tap)) => InterfaceKindSpec::Tap(tap_from_proto(tap)?),
-        None => return Err(invalid("spec.kind", "required: set spec.tap")),
+        Some(pb::interface_spec::Kind::Memif(m)) => {
+            if mtu > memif::MAX_MTU {
+                return Err(invalid(
+                    "spec.mtu",
+                    format_args!(
+                        "{mtu} is above {}, the most a memif frame in one buffer carries",
+                        memif::MAX_MTU
+                    ),
+                ));
+            }
+            InterfaceKindSpec::Memif(memif_from_proto(m)?)
+        }
+        None => return Err(invalid("spec.kind", "required: set spec.tap or spec.memif")),
     };
     Ok(InterfaceSpec {
         name,
@@ -199,6 +219,127 @@ fn tap_from_proto(tap: pb::TapSpec) -> Result<TapSpec, Status> {
     })
 }
 
+fn memif_from_proto(m: pb::MemifSpec) -> Result<MemifSpec, Status> {
+    if m.socket.is_empty() {
+        return Err(invalid("spec.memif.socket", "must not be empty"));
+    }
+    let socket = PathBuf::from(&m.socket);
+    // The driver's own rules: `@name`, or an absolute path that fits.
+    memif::SocketAddress::parse(&socket).map_err(|e| {
+        let why = match e {
+            MemifError::InvalidConfig(why) => why,
+            other => other.to_string(),
+        };
+        invalid("spec.memif.socket", why)
+    })?;
+
+    let role = match pb::MemifRole::try_from(m.role) {
+        Ok(pb::MemifRole::Unspecified | pb::MemifRole::Server) => MemifRole::Server,
+        Ok(pb::MemifRole::Client) => MemifRole::Client,
+        Err(_) => {
+            return Err(invalid(
+                "spec.memif.role",
+                format_args!("unknown role {}", m.role),
+            ))
+        }
+    };
+    let mode = match pb::MemifMode::try_from(m.mode) {
+        Ok(pb::MemifMode::Unspecified | pb::MemifMode::Ethernet) => MemifMode::Ethernet,
+        Ok(pb::MemifMode::Ip) => MemifMode::Ip,
+        Err(_) => {
+            return Err(invalid(
+                "spec.memif.mode",
+                format_args!("unknown mode {}", m.mode),
+            ))
+        }
+    };
+    let rx_mode = match pb::MemifRxMode::try_from(m.rx_mode) {
+        Ok(pb::MemifRxMode::Unspecified | pb::MemifRxMode::Interrupt) => MemifRxMode::Interrupt,
+        Ok(pb::MemifRxMode::Polling) => MemifRxMode::Polling,
+        Err(_) => {
+            return Err(invalid(
+                "spec.memif.rx_mode",
+                format_args!("unknown rx mode {}", m.rx_mode),
+            ))
+        }
+    };
+
+    let secret = match m.secret.as_str() {
+        "" => None,
+        s if s.len() > crate::port::memif::abi::SECRET_SIZE => {
+            return Err(invalid(
+                "spec.memif.secret",
+                format_args!(
+                    "{} bytes, more than {}",
+                    s.len(),
+                    crate::port::memif::abi::SECRET_SIZE
+                ),
+            ))
+        }
+        s if s.contains('\0') => return Err(invalid("spec.memif.secret", "contains NUL")),
+        s => Some(s.to_owned()),
+    };
+
+    let queues = match u16::try_from(m.queues) {
+        Ok(q) if q <= memif::MAX_QUEUES => q,
+        _ => {
+            return Err(invalid(
+                "spec.memif.queues",
+                format_args!("{} is above {}", m.queues, memif::MAX_QUEUES),
+            ))
+        }
+    };
+    let ring_size = match u16::try_from(m.ring_size) {
+        Ok(0) => 0,
+        Ok(n) if (2..=memif::MAX_RING_SIZE).contains(&n) && n.is_power_of_two() => n,
+        _ => {
+            return Err(invalid(
+                "spec.memif.ring_size",
+                format_args!(
+                    "{} descriptors: a power of two from 2 to {}",
+                    m.ring_size,
+                    memif::MAX_RING_SIZE
+                ),
+            ))
+        }
+    };
+    let buffer_size = match u16::try_from(m.buffer_size) {
+        Ok(0) => 0,
+        Ok(n) if n >= memif::MIN_BUFFER_SIZE => n,
+        _ => {
+            return Err(invalid(
+                "spec.memif.buffer_size",
+                format_args!(
+                    "{} bytes: from {} to 65535",
+                    m.buffer_size,
+                    memif::MIN_BUFFER_SIZE
+                ),
+            ))
+        }
+    };
+    let peer_mac = match m.peer_mac.as_str() {
+        "" => None,
+        text => Some(text.parse::<caracal_wire::EthernetAddress>().map_err(|_| {
+            invalid(
+                "spec.memif.peer_mac",
+                format_args!("{text:?} is not a MAC address"),
+            )
+        })?),
+    };
+    Ok(MemifSpec {
+        socket,
+        role,
+        id: m.id,
+        secret,
+        queues,
+        mode,
+        rx_mode,
+        ring_size,
+        buffer_size,
+        peer_mac,
+    })
+}
+
 /// The route of an `AddRoute` request; its origin is always `Api`.
 pub fn route_from_proto(route: Option<pb::Route>) -> Result<RouteSpec, Status> {
     let route = route.ok_or_else(|| invalid("route", "required"))?;
@@ -258,12 +399,47 @@ pub fn interface_to_proto(info: InterfaceInfo) -> pb::Interface {
         ifindex: info.ifindex,
         up: info.up,
         counters: Some(port_counters_to_proto(info.stats)),
+        memif: info.memif.map(memif_status_to_proto),
+    }
+}
+
+fn memif_status_to_proto(s: MemifStatus) -> pb::MemifStatus {
+    pb::MemifStatus {
+        connected: s.connected,
+        peer_name: s.peer_name,
+        peer_interface: s.peer_interface,
+        peer_pid: s.peer_pid.unwrap_or(0),
+        rings: s
+            .rings
+            .iter()
+            .map(|r| pb::MemifRing {
+                direction: match r.direction {
+                    MemifRingDirection::Rx => "rx",
+                    MemifRingDirection::Tx => "tx",
+                }
+                .to_owned(),
+                index: r.index.into(),
+                size: r.size.into(),
+                head: r.head.into(),
+                tail: r.tail.into(),
+                interrupts_masked: r.interrupts_masked,
+            })
+            .collect(),
+        region_sizes: s.regions,
+        hugepages: s.hugepages,
+        buffer_size: s.buffer_size,
+        connects: s.connects,
+        disconnects: s.disconnects,
+        peer_faults: s.peer_faults,
+        rx_bad_length: s.rx_bad_length,
+        last_disconnect: s.last_disconnect,
     }
 }
 
 fn interface_kind_to_proto(kind: PortKind) -> pb::InterfaceKind {
     match kind {
         PortKind::Tap => pb::InterfaceKind::Tap,
+        PortKind::Memif => pb::InterfaceKind::Memif,
         // Test ports have no kind in the API.
         PortKind::Loopback => pb::InterfaceKind::Unspecified,
     }
@@ -276,6 +452,27 @@ pub fn interface_spec_to_proto(spec: InterfaceSpec) -> pb::InterfaceSpec {
             ifname: tap.ifname,
             queues: u32::from(tap.queues),
             configure: tap.configure,
+        }),
+        InterfaceKindSpec::Memif(m) => pb::interface_spec::Kind::Memif(pb::MemifSpec {
+            socket: m.socket.to_string_lossy().into_owned(),
+            role: match m.role {
+                MemifRole::Server => pb::MemifRole::Server,
+                MemifRole::Client => pb::MemifRole::Client,
+            } as i32,
+            id: m.id,
+            secret: m.secret.unwrap_or_default(),
+            queues: u32::from(m.queues),
+            mode: match m.mode {
+                MemifMode::Ethernet => pb::MemifMode::Ethernet,
+                MemifMode::Ip => pb::MemifMode::Ip,
+            } as i32,
+            ring_size: u32::from(m.ring_size),
+            buffer_size: u32::from(m.buffer_size),
+            rx_mode: match m.rx_mode {
+                MemifRxMode::Interrupt => pb::MemifRxMode::Interrupt,
+                MemifRxMode::Polling => pb::MemifRxMode::Polling,
+            } as i32,
+            peer_mac: m.peer_mac.map(|a| a.to_string()).unwrap_or_default(),
         }),
     };
     pb::InterfaceSpec {
@@ -469,7 +666,7 @@ mod tests {
                 kind: None,
                 ..tap_spec()
             })),
-            "spec.kind: required: set spec.tap",
+            "spec.kind: required: set spec.tap or spec.memif",
         );
     }
 
@@ -532,6 +729,158 @@ mod tests {
         let longest =
             interface_spec_from_proto(Some(with_tap(|t| t.ifname = "fifteen-chars-x".into())));
         assert!(longest.is_ok());
+    }
+
+    fn memif_spec(f: impl FnOnce(&mut pb::MemifSpec)) -> pb::InterfaceSpec {
+        let mut m = pb::MemifSpec {
+            socket: "/run/caracal/memif/dpdk-0.sock".into(),
+            ..pb::MemifSpec::default()
+        };
+        f(&mut m);
+        pb::InterfaceSpec {
+            name: "default/dpdk-0".into(),
+            addresses: vec!["10.65.0.6/32".into()],
+            mtu: 0,
+            kind: Some(pb::interface_spec::Kind::Memif(m)),
+        }
+    }
+
+    #[test]
+    fn memif_spec_defaults_are_a_pod_server() {
+        let spec = interface_spec_from_proto(Some(memif_spec(|_| {}))).unwrap();
+        assert_eq!(
+            spec.kind,
+            InterfaceKindSpec::Memif(MemifSpec {
+                socket: "/run/caracal/memif/dpdk-0.sock".into(),
+                role: MemifRole::Server,
+                id: 0,
+                secret: None,
+                queues: 0,
+                mode: MemifMode::Ethernet,
+                rx_mode: MemifRxMode::Interrupt,
+                ring_size: 0,
+                buffer_size: 0,
+                peer_mac: None,
+            })
+        );
+    }
+
+    #[test]
+    fn memif_spec_round_trips() {
+        let proto = memif_spec(|m| {
+            m.socket = "@memif-a".into();
+            m.role = pb::MemifRole::Client as i32;
+            m.id = 9;
+            m.secret = "s3cret".into();
+            m.queues = 4;
+            m.mode = pb::MemifMode::Ip as i32;
+            m.ring_size = 4096;
+            m.buffer_size = 9216;
+            m.rx_mode = pb::MemifRxMode::Polling as i32;
+            m.peer_mac = "02:00:00:00:00:07".into();
+        });
+        let proto = pb::InterfaceSpec { mtu: 1500, ..proto };
+        let model = interface_spec_from_proto(Some(proto.clone())).unwrap();
+        assert_eq!(interface_spec_to_proto(model), proto);
+    }
+
+    #[test]
+    fn memif_rejections_name_the_field() {
+        let bad = |f: fn(&mut pb::MemifSpec), message: &str| {
+            assert_invalid(interface_spec_from_proto(Some(memif_spec(f))), message)
+        };
+        bad(|m| m.socket.clear(), "spec.memif.socket: must not be empty");
+        bad(
+            |m| m.socket = "memif.sock".into(),
+            "spec.memif.socket: socket memif.sock: not an absolute path (or @name)",
+        );
+        bad(
+            |m| m.socket = "@".into(),
+            "spec.memif.socket: socket @: an abstract name has 1 to 106 bytes",
+        );
+        bad(|m| m.role = 7, "spec.memif.role: unknown role 7");
+        bad(|m| m.mode = 3, "spec.memif.mode: unknown mode 3");
+        bad(|m| m.rx_mode = -1, "spec.memif.rx_mode: unknown rx mode -1");
+        bad(
+            |m| m.secret = "x".repeat(25),
+            "spec.memif.secret: 25 bytes, more than 24",
+        );
+        bad(|m| m.queues = 257, "spec.memif.queues: 257 is above 256");
+        bad(
+            |m| m.ring_size = 1000,
+            "spec.memif.ring_size: 1000 descriptors: a power of two from 2 to 16384",
+        );
+        bad(
+            |m| m.ring_size = 32768,
+            "spec.memif.ring_size: 32768 descriptors: a power of two from 2 to 16384",
+        );
+        bad(
+            |m| m.buffer_size = 64,
+            "spec.memif.buffer_size: 64 bytes: from 128 to 65535",
+        );
+        bad(
+            |m| m.peer_mac = "02:00".into(),
+            "spec.memif.peer_mac: \"02:00\" is not a MAC address",
+        );
+        assert_invalid(
+            interface_spec_from_proto(Some(pb::InterfaceSpec {
+                mtu: 9000,
+                ..memif_spec(|_| {})
+            })),
+            "spec.mtu: 9000 is above 2034, the most a memif frame in one buffer carries",
+        );
+    }
+
+    #[test]
+    fn memif_status_goes_out_with_the_interface() {
+        let spec = interface_spec_from_proto(Some(memif_spec(|_| {}))).unwrap();
+        let info = InterfaceInfo {
+            id: PortId(2),
+            spec,
+            kind: PortKind::Memif,
+            mac: EthernetAddress::BROADCAST,
+            ifindex: 0,
+            up: true,
+            stats: PortStats::default(),
+            memif: Some(MemifStatus {
+                connected: true,
+                peer_name: "DPDK 22.11.11".into(),
+                peer_interface: "net_memif0".into(),
+                peer_pid: Some(77),
+                rings: vec![crate::model::MemifRingStatus {
+                    direction: MemifRingDirection::Tx,
+                    index: 0,
+                    size: 1024,
+                    head: 5,
+                    tail: 3,
+                    interrupts_masked: true,
+                }],
+                regions: vec![4 << 20],
+                hugepages: false,
+                buffer_size: 0,
+                connects: 1,
+                disconnects: 0,
+                peer_faults: 0,
+                rx_bad_length: 2,
+                last_disconnect: String::new(),
+            }),
+        };
+        let proto = interface_to_proto(info);
+        assert_eq!(proto.kind, pb::InterfaceKind::Memif as i32);
+        let m = proto.memif.unwrap();
+        assert_eq!((m.connected, m.peer_pid, m.rx_bad_length), (true, 77, 2));
+        assert_eq!(
+            m.rings,
+            [pb::MemifRing {
+                direction: "tx".into(),
+                index: 0,
+                size: 1024,
+                head: 5,
+                tail: 3,
+                interrupts_masked: true
+            }]
+        );
+        assert_eq!(m.region_sizes, [4 << 20]);
     }
 
     fn route(prefix: &str, paths: &[(&str, &str)]) -> pb::Route {
@@ -677,6 +1026,7 @@ mod tests {
                 tx_errors: 5,
                 rx_no_buffer: 6,
             },
+            memif: None,
         };
         let proto = interface_to_proto(info);
         assert_eq!(proto.id, 3);
@@ -787,6 +1137,21 @@ mod tests {
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         };
         assert_eq!(code(EngineError::Tap(gone)), Code::FailedPrecondition);
+        assert_eq!(
+            code(EngineError::Memif(MemifError::InvalidConfig("x".into()))),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(EngineError::Memif(MemifError::SocketInUse("/s".into()))),
+            Code::AlreadyExists
+        );
+        assert_eq!(
+            code(EngineError::Memif(MemifError::Socket {
+                socket: "/nonexistent/s".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })),
+            Code::FailedPrecondition
+        );
         let invalid = engine_error_to_status(EngineError::Invalid("spec.mtu: too big".into()));
         assert_eq!(invalid.message(), "spec.mtu: too big");
         let missing = engine_error_to_status(EngineError::NoSuchInterface("default/web-0".into()));

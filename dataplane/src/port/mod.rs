@@ -1,12 +1,13 @@
 //! Ports: where packets enter and leave the dataplane.
 //!
-//! A [`Port`] is the shared, control-side object (a tap device, later a
-//! memif or vhost-user connection, an AF_XDP socket). Each worker opens its
+//! A [`Port`] is the shared, control-side object (a tap device, a memif
+//! connection, later a vhost-user one or an AF_XDP socket). Each worker opens its
 //! own [`PortQueue`] on it and is the only thread that touches that queue,
 //! so the rx/tx paths need no locks. Queue calls are per burst: a dyn call
 //! per vector, never per packet.
 
 pub mod loopback;
+pub mod memif;
 pub mod tap;
 
 use std::fmt;
@@ -41,6 +42,7 @@ impl fmt::Display for PortId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortKind {
     Tap,
+    Memif,
     /// In-memory port used by tests and benchmarks.
     Loopback,
 }
@@ -49,6 +51,7 @@ impl PortKind {
     pub fn as_str(self) -> &'static str {
         match self {
             PortKind::Tap => "tap",
+            PortKind::Memif => "memif",
             PortKind::Loopback => "loopback",
         }
     }

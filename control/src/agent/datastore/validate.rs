@@ -9,11 +9,13 @@ use std::fmt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::crd::IPPool;
 use super::objects::{Kind, Object};
+use crate::agent::policy::selector::Selector;
 
 /// Why an object was refused: the field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,19 +149,31 @@ fn network_policy(np: &NetworkPolicy) -> Result<(), Invalid> {
             ));
         }
     }
-    let ingress = spec
-        .ingress
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, r)| (format!("spec.ingress[{i}]"), r.ports.as_deref()));
-    let egress = spec
-        .egress
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, r)| (format!("spec.egress[{i}]"), r.ports.as_deref()));
-    for (rule, ports) in ingress.chain(egress) {
+    if let Some(s) = &spec.pod_selector {
+        label_selector("spec.podSelector", s)?;
+    }
+    let ingress = spec.ingress.iter().flatten().enumerate().map(|(i, r)| {
+        let rule = format!("spec.ingress[{i}]");
+        (
+            format!("{rule}.from"),
+            rule,
+            r.from.as_deref(),
+            r.ports.as_deref(),
+        )
+    });
+    let egress = spec.egress.iter().flatten().enumerate().map(|(i, r)| {
+        let rule = format!("spec.egress[{i}]");
+        (
+            format!("{rule}.to"),
+            rule,
+            r.to.as_deref(),
+            r.ports.as_deref(),
+        )
+    });
+    for (peers_field, rule, peers, ports) in ingress.chain(egress) {
+        for (j, peer) in peers.into_iter().flatten().enumerate() {
+            network_policy_peer(&format!("{peers_field}[{j}]"), peer)?;
+        }
         for (j, p) in ports.into_iter().flatten().enumerate() {
             let field = |f: &str| format!("{rule}.ports[{j}].{f}");
             protocol(field("protocol"), p.protocol.as_deref())?;
@@ -178,6 +192,56 @@ fn network_policy(np: &NetworkPolicy) -> Result<(), Invalid> {
                     }
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+fn label_selector(field: &str, selector: &LabelSelector) -> Result<(), Invalid> {
+    Selector::new(selector)
+        .map(|_| ())
+        .map_err(|e| invalid(field, e.to_string()))
+}
+
+/// A peer is selectors, or an ipBlock whose exceptions lie in its CIDR.
+fn network_policy_peer(field: &str, peer: &NetworkPolicyPeer) -> Result<(), Invalid> {
+    let Some(block) = &peer.ip_block else {
+        if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
+            return Err(invalid(
+                field,
+                "must set podSelector, namespaceSelector or ipBlock",
+            ));
+        }
+        if let Some(s) = &peer.pod_selector {
+            label_selector(&format!("{field}.podSelector"), s)?;
+        }
+        if let Some(s) = &peer.namespace_selector {
+            label_selector(&format!("{field}.namespaceSelector"), s)?;
+        }
+        return Ok(());
+    };
+    if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
+        return Err(invalid(
+            field,
+            "ipBlock cannot be set with podSelector or namespaceSelector",
+        ));
+    }
+    let cidr: IpNet = block.cidr.parse().map_err(|_| {
+        invalid(
+            format!("{field}.ipBlock.cidr"),
+            format!("invalid CIDR {:?}", block.cidr),
+        )
+    })?;
+    for (k, e) in block.except.iter().flatten().enumerate() {
+        let except_field = || format!("{field}.ipBlock.except[{k}]");
+        let except: IpNet = e
+            .parse()
+            .map_err(|_| invalid(except_field(), format!("invalid CIDR {e:?}")))?;
+        if !cidr.trunc().contains(&except) {
+            return Err(invalid(
+                except_field(),
+                format!("{e} is not within {}", block.cidr),
+            ));
         }
     }
     Ok(())
@@ -315,6 +379,55 @@ mod tests {
         assert!(port_name("f".into(), "8080").is_err());
         assert!(port_name("f".into(), "a--b").is_err());
         assert!(port_name("f".into(), "much-too-long-name").is_err());
+    }
+
+    #[test]
+    fn network_policy_peers_and_selectors() {
+        use crate::agent::datastore::objects::StoredKind;
+        let check = |spec: serde_json::Value| {
+            let np: NetworkPolicy = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "ns"},
+                "spec": spec,
+            }))
+            .unwrap();
+            validate(&np.into_object()).map_err(|e| e.to_string())
+        };
+        let good = serde_json::json!({"podSelector": {}, "ingress": [{"from": [
+            {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+            {"namespaceSelector": {}, "podSelector": {"matchExpressions": [
+                {"key": "a", "operator": "NotIn", "values": ["x"]}]}},
+        ]}]});
+        assert_eq!(check(good), Ok(()));
+        let cases = [
+            (
+                serde_json::json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}}),
+                "spec.podSelector: matchExpressions[0].operator: unsupported value \"Is\"",
+            ),
+            (
+                serde_json::json!({"ingress": [{"from": [{}]}]}),
+                "spec.ingress[0].from[0]: must set podSelector, namespaceSelector or ipBlock",
+            ),
+            (
+                serde_json::json!({"egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}, "podSelector": {}}]}]}),
+                "spec.egress[0].to[0]: ipBlock cannot be set",
+            ),
+            (
+                serde_json::json!({"egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]}),
+                "spec.egress[0].to[0].ipBlock.cidr: invalid CIDR",
+            ),
+            (
+                serde_json::json!({"ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/8"]}}]}]}),
+                "spec.ingress[0].from[0].ipBlock.except[0]: 11.0.0.0/8 is not within 10.0.0.0/8",
+            ),
+            (
+                serde_json::json!({"ingress": [{"from": [{"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}]}]}),
+                "spec.ingress[0].from[0].namespaceSelector: matchExpressions[0].values: must be non-empty for In",
+            ),
+        ];
+        for (spec, want) in cases {
+            let err = check(spec).unwrap_err();
+            assert!(err.starts_with(want), "{err}");
+        }
     }
 
     #[test]

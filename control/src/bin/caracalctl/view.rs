@@ -142,7 +142,10 @@ impl MemifView {
         lines.push(format!("{} id {} {}", self.role, self.id, self.mode));
         lines.push(format!("socket {}", self.socket));
         if self.connected {
-            let pid = self.peer_pid.map(|p| format!(" pid {p}")).unwrap_or_default();
+            let pid = self
+                .peer_pid
+                .map(|p| format!(" pid {p}"))
+                .unwrap_or_default();
             lines.push(format!(
                 "peer {} ({}){pid}",
                 self.peer_name, self.peer_interface
@@ -588,8 +591,16 @@ mod tests {
     fn memif_interface(connected: bool) -> pb::Interface {
         let status = pb::MemifStatus {
             connected,
-            peer_name: if connected { "DPDK 22.11.11".into() } else { String::new() },
-            peer_interface: if connected { "net_memif0".into() } else { String::new() },
+            peer_name: if connected {
+                "DPDK 22.11.11".into()
+            } else {
+                String::new()
+            },
+            peer_interface: if connected {
+                "net_memif0".into()
+            } else {
+                String::new()
+            },
             peer_pid: if connected { 4242 } else { 0 },
             rings: if connected {
                 vec![
