@@ -385,7 +385,7 @@ async fn policy_follows_its_interfaces_in_one_batch_and_counts_for_the_revision(
     until("synced", || sync.status().synced_revision == rev).await;
     assert_eq!(dp.changes()[4..], ["add ns/c", "policy [ns/c]"]);
 
-    // Nothing changes: nothing is sent, even at a resync.
+    // A revision that changes nothing sends nothing.
     world.revision.advance();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(dp.policy_batches().len(), 3);

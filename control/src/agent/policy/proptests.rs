@@ -800,6 +800,12 @@ proptest! {
         }
     }
 
+}
+
+proptest! {
+    // Two calculations a case, and the first property has covered them.
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
     #[test]
     fn a_diff_applied_turns_one_calculation_into_the_next(a in world(), b in world()) {
         let old = calculate(&a.objects(), &a.endpoints());

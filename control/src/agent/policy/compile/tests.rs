@@ -1070,3 +1070,62 @@ fn a_changed_policy_is_resent_and_its_unused_sets_deleted() {
     assert_eq!(b.delete_ip_sets.len(), 2);
     assert!(b.set_endpoints.is_empty(), "same attachment");
 }
+
+// ------------------------------------------------------------ the example
+
+#[test]
+fn the_demo_policies_do_what_their_comment_says() {
+    use crate::agent::datastore::manifest;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut w = World::default();
+    for file in [
+        "demo/namespaces.yaml",
+        "demo/pods.yaml",
+        "policies/demo.yaml",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let parsed = manifest::parse(file, &text);
+        assert!(parsed.problems.is_empty(), "{file}: {:?}", parsed.problems);
+        for (_, object) in parsed.objects {
+            w.put(object);
+        }
+    }
+    let pods: Vec<(String, String)> = w
+        .objects
+        .values()
+        .filter_map(|o| match o {
+            Object::Pod(p) => Some((
+                p.metadata.namespace.clone().unwrap(),
+                p.metadata.name.clone().unwrap(),
+            )),
+            _ => None,
+        })
+        .collect();
+    for (i, (ns, name)) in pods.iter().enumerate() {
+        let object = w.objects.remove(&format!("Pod {ns}/{name}")).unwrap();
+        let Object::Pod(pod) = object else {
+            unreachable!()
+        };
+        let ip = format!("10.65.0.{}", i + 1);
+        w.pod(
+            ns,
+            name,
+            json!(pod.metadata.labels),
+            &ip,
+            json!({"spec": pod.spec}),
+        );
+    }
+    let cases = [
+        ("frontend/web-1", "backend/api-1", 9000, true),
+        ("frontend/web-1", "backend/api-1", 80, false),
+        ("frontend/client", "backend/api-1", 9000, false),
+        ("192.0.2.1", "backend/api-2", 9000, false),
+        ("192.0.2.1", "frontend/web-2", 80, true),
+        ("frontend/client", "frontend/web-1", 80, true),
+        ("frontend/client", "192.0.2.1", 443, false),
+        ("frontend/web-1", "frontend/web-2", 22, false),
+    ];
+    for (src, dst, port, want) in cases {
+        assert_eq!(w.allows(src, dst, TCP, port), want, "{src} -> {dst}:{port}");
+    }
+}
