@@ -612,6 +612,9 @@ struct Session {
 enum Close {
     /// We end it and say why.
     Refuse(String),
+    /// We end it because the data path caught the peer breaking the
+    /// protocol, and say why.
+    Fault(String),
     /// The peer said why (DISCONNECT) or hung up.
     Peer(String),
 }
@@ -826,35 +829,32 @@ impl Control {
         };
         tracing::debug!(interface = %self.shared.settings.name, msg = msg.kind(), "memif message");
         let id = session.id;
-        let connection = match &mut session.phase {
+        let wire_error = |e: io::Error| Close::Refuse(format!("cannot wire interrupts: {e}"));
+        match &mut session.phase {
             Phase::Server(h) => match h.on_message(msg, fd, id).map_err(|r| Close::Refuse(r.0))? {
                 ServerStep::Reply(reply) => {
                     send(&session.sock, &reply, None).map_err(|e| Close::Peer(e.to_string()))?;
-                    return Ok(());
                 }
                 ServerStep::Connected(conn, reply) => {
-                    let conn = Arc::new(conn);
+                    // Live before the client hears it is: it may send at once.
                     self.shared
-                        .publish(Some(conn.clone()))
-                        .map_err(|e| Close::Refuse(format!("cannot wire interrupts: {e}")))?;
+                        .connected(Arc::new(conn), session.peer_pid)
+                        .map_err(wire_error)?;
                     session.phase = Phase::Connected;
                     send(&session.sock, &reply, None).map_err(|e| Close::Peer(e.to_string()))?;
-                    conn
                 }
             },
             Phase::Client(h) => match h.on_message(msg, id).map_err(|r| Close::Refuse(r.0))? {
                 ClientStep::Send(out) => {
                     send(&session.sock, &out.msg, out.fd.as_ref())
                         .map_err(|e| Close::Peer(e.to_string()))?;
-                    return Ok(());
                 }
                 ClientStep::Connected(conn) => {
-                    let conn = Arc::new(conn);
                     self.shared
-                        .publish(Some(conn.clone()))
-                        .map_err(|e| Close::Refuse(format!("cannot wire interrupts: {e}")))?;
+                        .connected(Arc::new(conn), session.peer_pid)
+                        .map_err(wire_error)?;
                     session.phase = Phase::Connected;
-                    conn
+                    self.backoff = MIN_BACKOFF;
                 }
             },
             Phase::Connected => {
@@ -863,9 +863,7 @@ impl Control {
                     msg.kind()
                 )))
             }
-        };
-        self.backoff = MIN_BACKOFF;
-        self.shared.connected(&connection, session.peer_pid);
+        }
         Ok(())
     }
 
@@ -880,12 +878,11 @@ impl Control {
             .as_ref()
             .is_some_and(|s| s.id == id && matches!(s.phase, Phase::Connected));
         if current {
-            self.shared.count_fault();
             tracing::warn!(
                 interface = self.name(),
                 "memif peer misbehaved: {fault}; disconnecting"
             );
-            self.close(Close::Refuse(format!("protocol violation: {fault}")));
+            self.close(Close::Fault(format!("protocol violation: {fault}")));
         }
     }
 
@@ -895,17 +892,16 @@ impl Control {
         let Some(session) = self.session.take() else {
             return;
         };
-        let (reason, tell) = match why {
-            Close::Refuse(r) => (r, true),
-            Close::Peer(r) => (r, false),
+        let (reason, tell, fault) = match why {
+            Close::Refuse(r) => (r, true, false),
+            Close::Fault(r) => (r, true, true),
+            Close::Peer(r) => (r, false, false),
         };
         if tell {
             let _ = send(&session.sock, &Message::disconnect(&reason), None);
         }
         let was_connected = matches!(session.phase, Phase::Connected);
         if was_connected {
-            // Publishing nothing cannot fail.
-            let _ = self.shared.publish(None);
             tracing::info!(interface = self.name(), reason = %reason, "memif disconnected");
         } else if self.shared.last_disconnect() != reason {
             tracing::info!(interface = self.name(), reason = %reason, "memif handshake failed");
@@ -913,7 +909,7 @@ impl Control {
             // A client retrying against a server that keeps refusing it.
             tracing::debug!(interface = self.name(), reason = %reason, "memif handshake failed again");
         }
-        self.shared.disconnected(reason, was_connected);
+        self.shared.disconnected(reason, was_connected, fault);
         drop(session);
         if self.shared.settings.role == Role::Client {
             self.retry_later();

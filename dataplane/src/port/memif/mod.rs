@@ -33,8 +33,9 @@
 //! **Untrusted peer.** Every index the peer publishes is checked to be at
 //! most a ring away from ours, and every descriptor's region, offset and
 //! length against the regions we mapped, before memory is touched; peer
-//! regions must be sealed memory files at least as long as announced. A
-//! violation closes the connection with a log line and counts in
+//! regions must be sealed memory files at least as long as announced, and
+//! not on hugetlbfs (see [`region`]). A violation closes the connection
+//! with a log line and counts in
 //! [`MemifStatus::peer_faults`]; it never panics and never reads or
 //! writes outside the peer's regions.
 
@@ -127,7 +128,9 @@ pub enum RxMode {
     /// The peer signals an eventfd once per burst; adaptive workers sleep.
     #[default]
     Interrupt,
-    /// The peer is asked not to signal; the worker polls every loop.
+    /// The peer is asked not to signal; the worker polls the rings every
+    /// loop (so an adaptive worker with such a queue never sleeps): for
+    /// poll-mode workers, where it spares the peer a syscall per burst.
     Polling,
 }
 
@@ -141,6 +144,10 @@ impl RxMode {
 }
 
 /// Where the control socket is.
+///
+/// DPDK's `net_memif` (21.11 and later) puts its sockets in the abstract
+/// namespace unless given `socket-abstract=no`: a DPDK peer with
+/// `socket=/run/x.sock` and that default meets us at `@/run/x.sock`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SocketAddress {
     /// A filesystem path (absolute).
@@ -353,11 +360,15 @@ pub struct MemifStatus {
     pub last_disconnect: String,
 }
 
-/// What the control thread records about the link.
+/// What the control thread records about the link, changed together
+/// with the published connection so a status is one consistent snapshot.
 #[derive(Debug, Default)]
 struct LinkInfo {
     peer_pid: Option<u32>,
     last_disconnect: String,
+    connects: u64,
+    disconnects: u64,
+    peer_faults: u64,
 }
 
 /// One queue pair's shared state.
@@ -387,10 +398,8 @@ struct Shared {
     stop: AtomicBool,
     /// A fault the data path found: (connection id, what).
     fault: Mutex<Option<(u64, PeerFault)>>,
+    /// Locked before `conn` when both are.
     link: Mutex<LinkInfo>,
-    connects: AtomicU64,
-    disconnects: AtomicU64,
-    peer_faults: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -433,9 +442,13 @@ impl Shared {
         Ok(())
     }
 
-    fn connected(&self, conn: &Connection, peer_pid: Option<u32>) {
-        self.connects.fetch_add(1, Ordering::Relaxed);
-        lock(&self.link).peer_pid = peer_pid;
+    /// Publishes a new connection and records it.
+    fn connected(&self, conn: Arc<Connection>, peer_pid: Option<u32>) -> io::Result<()> {
+        let mut link = lock(&self.link);
+        self.publish(Some(conn.clone()))?;
+        link.connects += 1;
+        link.peer_pid = peer_pid;
+        drop(link);
         tracing::info!(
             interface = %self.settings.name,
             role = self.settings.role.as_str(),
@@ -448,17 +461,25 @@ impl Shared {
             ring_size = conn.rx.first().map_or(0, |r| r.ring.size()),
             "memif connected"
         );
+        Ok(())
     }
 
     fn last_disconnect(&self) -> String {
         lock(&self.link).last_disconnect.clone()
     }
 
-    fn disconnected(&self, reason: String, was_connected: bool) {
-        if was_connected {
-            self.disconnects.fetch_add(1, Ordering::Relaxed);
-        }
+    /// Records why a session ended; unpublishes its connection, if it
+    /// had one, and counts a fault of the peer's.
+    fn disconnected(&self, reason: String, was_connected: bool, peer_fault: bool) {
         let mut link = lock(&self.link);
+        if was_connected {
+            // Publishing nothing cannot fail.
+            let _ = self.publish(None);
+            link.disconnects += 1;
+        }
+        if peer_fault {
+            link.peer_faults += 1;
+        }
         link.last_disconnect = reason;
         link.peer_pid = None;
     }
@@ -476,10 +497,6 @@ impl Shared {
 
     fn take_fault(&self) -> Option<(u64, PeerFault)> {
         lock(&self.fault).take()
-    }
-
-    fn count_fault(&self) {
-        self.peer_faults.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -529,9 +546,6 @@ impl MemifPort {
             stop: AtomicBool::new(false),
             fault: Mutex::new(None),
             link: Mutex::default(),
-            connects: AtomicU64::new(0),
-            disconnects: AtomicU64::new(0),
-            peer_faults: AtomicU64::new(0),
         });
         let control = Control::new(shared.clone(), listener);
         let thread = std::thread::Builder::new()
@@ -566,14 +580,14 @@ impl MemifPort {
 
     pub fn status(&self) -> MemifStatus {
         let s = &self.shared;
-        let conn = s.current();
         let link = lock(&s.link);
+        let conn = s.current();
         let mut status = MemifStatus {
             connected: conn.is_some(),
             peer_pid: link.peer_pid,
-            connects: s.connects.load(Ordering::Relaxed),
-            disconnects: s.disconnects.load(Ordering::Relaxed),
-            peer_faults: s.peer_faults.load(Ordering::Relaxed),
+            connects: link.connects,
+            disconnects: link.disconnects,
+            peer_faults: link.peer_faults,
             rx_bad_length: s
                 .queues
                 .iter()

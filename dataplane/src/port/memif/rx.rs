@@ -28,6 +28,7 @@ use crate::port::PortId;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RxStats {
     pub packets: u64,
+    /// Bytes taken off the ring (IP mode: without the header we add).
     pub bytes: u64,
     /// The buffer pool ran dry before the ring did.
     pub no_buffer: bool,
@@ -214,7 +215,8 @@ fn take<'m>(
 }
 
 /// Copies the descriptors of one packet, starting at `*next`, into
-/// `packet` and advances `*next` past them. `Ok(None)`: the packet cannot
+/// `packet` and advances `*next` past them; returns the bytes the peer
+/// sent (without a header we add). `Ok(None)`: the packet cannot
 /// be delivered (empty, too long, not IP in IP mode) and is dropped, its
 /// slots consumed all the same.
 #[inline]
@@ -283,5 +285,5 @@ fn copy_packet<'m>(
         eth.set_ethertype(ethertype);
     }
     packet.set_len(prefix + len);
-    Ok(Some(prefix + len))
+    Ok(Some(len))
 }

@@ -25,6 +25,7 @@ use crate::buffer::{BufferCache, Frame};
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TxStats {
     pub packets: u64,
+    /// Bytes put on the ring (IP mode: without the Ethernet header).
     pub bytes: u64,
     /// Packets not sent: ring full, not IP in IP mode, or a fault.
     pub errors: u64,
@@ -87,19 +88,21 @@ pub fn transmit(
             cache.free(buffer);
             continue;
         }
+        // Bytes put on the ring, `None` when the packet was not sent.
         let sent = {
             let packet = cache.pool().packet(&mut buffer);
             match frame_bytes(conn.mode, packet.data()) {
-                None => Ok(false),
-                Some(bytes) => put(conn, tx, index, &mut next, end, bytes),
+                None => Ok(None),
+                Some(bytes) => put(conn, tx, index, &mut next, end, bytes)
+                    .map(|fitted| fitted.then_some(bytes.len())),
             }
         };
         match sent {
-            Ok(true) => {
+            Ok(Some(len)) => {
                 stats.packets += 1;
-                stats.bytes += cache.pool().packet(&mut buffer).len() as u64;
+                stats.bytes += len as u64;
             }
-            Ok(false) => stats.errors += 1,
+            Ok(None) => stats.errors += 1,
             Err(f) => {
                 stats.errors += 1;
                 fault = Some(f);
