@@ -139,7 +139,10 @@ mod tests {
         let b = ep.register().unwrap();
         assert_eq!(ep.register(), None);
         let tag = ep.advance(); // something unlinked in epoch `tag`
-        assert!(ep.reclaimable_below() <= tag, "both slots predate the unlink");
+        assert!(
+            ep.reclaimable_below() <= tag,
+            "both slots predate the unlink"
+        );
         ep.quiescent(a);
         assert!(ep.reclaimable_below() <= tag, "b still may hold it");
         ep.offline(b);

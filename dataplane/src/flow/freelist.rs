@@ -1,8 +1,8 @@
 //! Lock-free lists of entry indices: the free list inserters allocate from
 //! and the retired list inserters hand evicted entries to the sweep by.
 //!
-//! Both are intrusive stacks linked through one `u32` per entry (an entry
-//! is on at most one list at a time). The free list pops from many threads
+//! Both are intrusive stacks linked through one `u32` in each entry (an
+//! entry is on at most one list at a time, and never while it is live). The free list pops from many threads
 //! at once, so its head carries a 32-bit version bumped by every change
 //! (no ABA); the retired list is only ever emptied whole, which needs none.
 
@@ -13,11 +13,20 @@ use super::Padded;
 /// Link value meaning "end of list" (links store index + 1).
 const END: u32 = 0;
 
-/// The free and retired lists of one table.
+/// Where the link of each entry lives.
+pub(super) trait Links {
+    fn link(&self, index: u32) -> &AtomicU32;
+}
+
+impl Links for [AtomicU32] {
+    fn link(&self, index: u32) -> &AtomicU32 {
+        &self[index as usize]
+    }
+}
+
+/// The heads of the free and retired lists of one table.
 #[derive(Debug)]
 pub(super) struct IndexLists {
-    /// `links[i]`: the entry after `i` on its list, as index + 1.
-    links: Box<[AtomicU32]>,
     /// Version (high 32 bits) and first free index + 1 (low 32 bits).
     free: Padded<AtomicU64>,
     /// First retired index + 1.
@@ -25,31 +34,32 @@ pub(super) struct IndexLists {
 }
 
 impl IndexLists {
-    /// Lists for `n` entries, all of them free, lowest index first.
-    pub fn new(n: u32) -> Self {
-        let links = (0..n)
-            .map(|i| AtomicU32::new(if i + 1 < n { i + 2 } else { END }))
-            .collect();
+    /// Lists for `n` entries linked through `links`, all of them free,
+    /// lowest index first.
+    pub fn new(n: u32, links: &(impl Links + ?Sized)) -> Self {
+        for i in 0..n {
+            links
+                .link(i)
+                .store(if i + 1 < n { i + 2 } else { END }, Ordering::Relaxed);
+        }
         IndexLists {
-            links,
             free: Padded(AtomicU64::new(if n > 0 { 1 } else { 0 })),
             retired: Padded(AtomicU32::new(END)),
         }
     }
 
-    /// Bytes per entry these lists cost.
-    pub const BYTES_PER_ENTRY: usize = std::mem::size_of::<AtomicU32>();
-
     /// Takes a free index.
     #[inline]
-    pub fn pop_free(&self) -> Option<u32> {
+    pub fn pop_free(&self, links: &(impl Links + ?Sized)) -> Option<u32> {
         let mut head = self.free.0.load(Ordering::Acquire);
         loop {
             let first = head as u32;
             if first == END {
                 return None;
             }
-            let next = self.links[(first - 1) as usize].load(Ordering::Relaxed);
+            // If another thread pops `first` meanwhile and reuses its link,
+            // the version makes the compare-and-swap below fail.
+            let next = links.link(first - 1).load(Ordering::Relaxed);
             let new = ((head >> 32).wrapping_add(1) << 32) | u64::from(next);
             match self
                 .free
@@ -63,18 +73,18 @@ impl IndexLists {
     }
 
     /// Returns indices to the free list (one compare-and-swap for all).
-    pub fn push_free(&self, indices: &[u32]) {
+    pub fn push_free(&self, links: &(impl Links + ?Sized), indices: &[u32]) {
         let Some((&first, rest)) = indices.split_first() else {
             return;
         };
         let mut last = first;
         for &i in rest {
-            self.links[last as usize].store(i + 1, Ordering::Relaxed);
+            links.link(last).store(i + 1, Ordering::Relaxed);
             last = i;
         }
         let mut head = self.free.0.load(Ordering::Relaxed);
         loop {
-            self.links[last as usize].store(head as u32, Ordering::Relaxed);
+            links.link(last).store(head as u32, Ordering::Relaxed);
             let new = ((head >> 32).wrapping_add(1) << 32) | u64::from(first + 1);
             match self
                 .free
@@ -88,10 +98,10 @@ impl IndexLists {
     }
 
     /// Hands an unlinked entry to the sweep.
-    pub fn push_retired(&self, index: u32) {
+    pub fn push_retired(&self, links: &(impl Links + ?Sized), index: u32) {
         let mut head = self.retired.0.load(Ordering::Relaxed);
         loop {
-            self.links[index as usize].store(head, Ordering::Relaxed);
+            links.link(index).store(head, Ordering::Relaxed);
             match self.retired.0.compare_exchange_weak(
                 head,
                 index + 1,
@@ -104,12 +114,24 @@ impl IndexLists {
         }
     }
 
+    /// Entries on the free list; only meaningful while nobody pops or pushes.
+    #[cfg(test)]
+    pub fn free_len(&self, links: &(impl Links + ?Sized)) -> usize {
+        let mut n = 0;
+        let mut next = self.free.0.load(Ordering::Acquire) as u32;
+        while next != END {
+            n += 1;
+            next = links.link(next - 1).load(Ordering::Relaxed);
+        }
+        n
+    }
+
     /// Empties the retired list into `out`.
-    pub fn take_retired(&self, out: &mut Vec<u32>) {
+    pub fn take_retired(&self, links: &(impl Links + ?Sized), out: &mut Vec<u32>) {
         let mut next = self.retired.0.swap(END, Ordering::Acquire);
         while next != END {
             out.push(next - 1);
-            next = self.links[(next - 1) as usize].load(Ordering::Relaxed);
+            next = links.link(next - 1).load(Ordering::Relaxed);
         }
     }
 }
@@ -119,36 +141,47 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
+    fn links(n: u32) -> Vec<AtomicU32> {
+        (0..n).map(|_| AtomicU32::new(0)).collect()
+    }
+
     #[test]
     fn pops_every_index_once_then_none() {
-        let l = IndexLists::new(5);
-        let got: Vec<u32> = std::iter::from_fn(|| l.pop_free()).collect();
+        let k = links(5);
+        let k = &k[..];
+        let l = IndexLists::new(5, k);
+        assert_eq!(l.free_len(k), 5);
+        let got: Vec<u32> = std::iter::from_fn(|| l.pop_free(k)).collect();
         assert_eq!(got, [0, 1, 2, 3, 4]);
-        l.push_free(&[3, 1]);
-        assert_eq!(l.pop_free(), Some(3));
-        assert_eq!(l.pop_free(), Some(1));
-        assert_eq!(l.pop_free(), None);
-        assert_eq!(IndexLists::new(0).pop_free(), None);
+        l.push_free(k, &[3, 1]);
+        assert_eq!(l.pop_free(k), Some(3));
+        assert_eq!(l.pop_free(k), Some(1));
+        assert_eq!(l.pop_free(k), None);
+        assert_eq!(IndexLists::new(0, k).pop_free(k), None);
     }
 
     #[test]
     fn retired_list_takes_all() {
-        let l = IndexLists::new(4);
-        while l.pop_free().is_some() {}
-        l.push_retired(2);
-        l.push_retired(0);
+        let k = links(4);
+        let k = &k[..];
+        let l = IndexLists::new(4, k);
+        while l.pop_free(k).is_some() {}
+        l.push_retired(k, 2);
+        l.push_retired(k, 0);
         let mut out = Vec::new();
-        l.take_retired(&mut out);
+        l.take_retired(k, &mut out);
         assert_eq!(out, [0, 2]);
         out.clear();
-        l.take_retired(&mut out);
+        l.take_retired(k, &mut out);
         assert!(out.is_empty());
     }
 
     #[test]
     fn concurrent_pop_push_loses_and_duplicates_nothing() {
         const N: u32 = 1024;
-        let l = IndexLists::new(N);
+        let k = links(N);
+        let k = &k[..];
+        let l = IndexLists::new(N, k);
         let held: Vec<Vec<u32>> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..4)
                 .map(|_| {
@@ -158,8 +191,8 @@ mod tests {
                             if round % 3 == 2 && !mine.is_empty() {
                                 let n = mine.len().min(3);
                                 let back: Vec<u32> = mine.drain(..n).collect();
-                                l.push_free(&back);
-                            } else if let Some(i) = l.pop_free() {
+                                l.push_free(k, &back);
+                            } else if let Some(i) = l.pop_free(k) {
                                 mine.push(i);
                             }
                         }
@@ -170,7 +203,11 @@ mod tests {
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         let mut seen = HashSet::new();
-        for i in held.into_iter().flatten().chain(std::iter::from_fn(|| l.pop_free())) {
+        for i in held
+            .into_iter()
+            .flatten()
+            .chain(std::iter::from_fn(|| l.pop_free(k)))
+        {
             assert!(seen.insert(i), "index {i} handed out twice");
         }
         assert_eq!(seen.len(), N as usize);

@@ -16,6 +16,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use caracal_wire::IpProtocol;
 
+use super::bucket::WayFormat;
+
 /// Conntrack zone: keeps otherwise identical tuples of separate address
 /// spaces (overlapping pod networks, VRFs) apart, as in Linux conntrack.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -123,7 +125,12 @@ impl FlowKey {
 
     /// Key of a packet between two addresses of one family; `None` when
     /// the families differ.
-    pub fn new(zone: Zone, proto: IpProtocol, src: (IpAddr, u16), dst: (IpAddr, u16)) -> Option<Self> {
+    pub fn new(
+        zone: Zone,
+        proto: IpProtocol,
+        src: (IpAddr, u16),
+        dst: (IpAddr, u16),
+    ) -> Option<Self> {
         match (src.0, dst.0) {
             (IpAddr::V4(s), IpAddr::V4(d)) => Some(Self::v4(zone, proto, (s, src.1), (d, dst.1))),
             (IpAddr::V6(s), IpAddr::V6(d)) => Some(Self::v6(zone, proto, (s, src.1), (d, dst.1))),
@@ -256,10 +263,10 @@ impl fmt::Display for FlowKey {
 pub(super) struct KeyHash {
     /// The bucket a key is placed in while it has room.
     pub primary: u32,
-    /// The other candidate, different from `primary` when the table has
-    /// more than one bucket.
+    /// The other candidate, different from `primary`.
     pub alt: u32,
-    /// Non-zero signature stored beside the entry index in the bucket.
+    /// Non-zero signature stored beside the entry index in the bucket,
+    /// already in its place in the way ([`WayFormat::tag`]).
     pub tag: u32,
 }
 
@@ -269,11 +276,12 @@ pub(super) struct KeyHash {
 /// table: without it nobody can aim many flows at one bucket. The hash
 /// folds 128-bit products (two independent multiplies, then one more), a
 /// few cycles per key; the low half picks the primary bucket, the high
-/// half is the tag and, remixed, the alternative bucket.
+/// half gives the tag, and the middle bits, remixed, the alternative.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct KeyHasher {
     seeds: [u64; 5],
     buckets: u32,
+    format: WayFormat,
 }
 
 /// 128-bit product folded to 64 bits.
@@ -290,8 +298,10 @@ fn reduce(x: u32, n: u32) -> u32 {
 }
 
 impl KeyHasher {
-    pub fn new(seed: u64, buckets: u32) -> Self {
-        assert!(buckets > 0);
+    /// # Panics
+    /// With fewer than two buckets.
+    pub fn new(seed: u64, buckets: u32, format: WayFormat) -> Self {
+        assert!(buckets >= 2, "two candidate buckets need two buckets");
         // SplitMix64 expands the one seed into independent odd words.
         let mut s = seed;
         let seeds = std::array::from_fn(|_| {
@@ -301,7 +311,11 @@ impl KeyHasher {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             (z ^ (z >> 31)) | 1
         });
-        KeyHasher { seeds, buckets }
+        KeyHasher {
+            seeds,
+            buckets,
+            format,
+        }
     }
 
     #[inline(always)]
@@ -311,13 +325,20 @@ impl KeyHasher {
         let a = fold(w[0] ^ s[0], w[1] ^ s[1]);
         let b = fold(w[2] ^ s[2], w[3] ^ s[3]);
         let h = fold(a ^ w[4] ^ s[4], b);
-        let tag = ((h >> 32) as u32) | 1;
         let primary = reduce(h as u32, self.buckets);
-        let mut alt = reduce(tag.wrapping_mul(0x2545_f491).rotate_left(13), self.buckets);
-        if alt == primary && self.buckets > 1 {
-            alt = if primary + 1 == self.buckets { 0 } else { primary + 1 };
+        let mut alt = reduce(((h >> 16) as u32).wrapping_mul(0x2545_f491), self.buckets);
+        if alt == primary {
+            alt = if primary + 1 == self.buckets {
+                0
+            } else {
+                primary + 1
+            };
         }
-        KeyHash { primary, alt, tag }
+        KeyHash {
+            primary,
+            alt,
+            tag: self.format.tag((h >> 32) as u32),
+        }
     }
 }
 
@@ -331,8 +352,18 @@ mod tests {
 
     #[test]
     fn both_directions_share_the_canonical_key() {
-        let k = FlowKey::v4(Zone(3), IpProtocol::TCP, (a4("10.0.0.2"), 40000), (a4("10.0.0.1"), 80));
-        let r = FlowKey::v4(Zone(3), IpProtocol::TCP, (a4("10.0.0.1"), 80), (a4("10.0.0.2"), 40000));
+        let k = FlowKey::v4(
+            Zone(3),
+            IpProtocol::TCP,
+            (a4("10.0.0.2"), 40000),
+            (a4("10.0.0.1"), 80),
+        );
+        let r = FlowKey::v4(
+            Zone(3),
+            IpProtocol::TCP,
+            (a4("10.0.0.1"), 80),
+            (a4("10.0.0.2"), 40000),
+        );
         assert_ne!(k, r);
         assert_eq!(k.canonical(), r.canonical());
         assert_eq!(k.reverse(), r);
@@ -367,7 +398,12 @@ mod tests {
         assert_eq!(k.dst(), (IpAddr::V6(s), 5353));
         assert_eq!(k.to_string(), "udp [fd00::2:1]:53 -> [fd00::1]:5353 zone 0");
         // ::a.b.c.d-style v6 addresses never equal the v4 key.
-        let v4 = FlowKey::v4(Zone(0), IpProtocol::UDP, (a4("0.0.0.1"), 53), (a4("0.0.0.2"), 53));
+        let v4 = FlowKey::v4(
+            Zone(0),
+            IpProtocol::UDP,
+            (a4("0.0.0.1"), 53),
+            (a4("0.0.0.2"), 53),
+        );
         let v6 = FlowKey::v6(
             Zone(0),
             IpProtocol::UDP,
@@ -406,27 +442,50 @@ mod tests {
 
     #[test]
     fn hash_ignores_direction_and_spreads_sequential_ports() {
-        let h = KeyHasher::new(42, 1024);
-        let k = FlowKey::v4(Zone(0), IpProtocol::TCP, (a4("10.0.0.1"), 1), (a4("10.0.0.2"), 2));
+        let mut alts = vec![0u32; 1024];
+        let h = KeyHasher::new(42, 1024, WayFormat::new(1 << 20));
+        let k = FlowKey::v4(
+            Zone(0),
+            IpProtocol::TCP,
+            (a4("10.0.0.1"), 1),
+            (a4("10.0.0.2"), 2),
+        );
         assert_eq!(h.hash(&k), h.hash(&k.reverse()));
         // 64k flows differing only in the client port over 1024 buckets:
         // every bucket gets a fair share (mean 64).
         let mut counts = vec![0u32; 1024];
         for port in 0..=u16::MAX {
-            let k = FlowKey::v4(Zone(0), IpProtocol::TCP, (a4("10.0.0.1"), port), (a4("10.0.0.2"), 80));
+            let k = FlowKey::v4(
+                Zone(0),
+                IpProtocol::TCP,
+                (a4("10.0.0.1"), port),
+                (a4("10.0.0.2"), 80),
+            );
             let kh = h.hash(&k);
             assert!(kh.primary < 1024 && kh.alt < 1024);
             assert_ne!(kh.primary, kh.alt);
             assert_ne!(kh.tag, 0);
             counts[kh.primary as usize] += 1;
+            alts[kh.alt as usize] += 1;
         }
-        let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
-        assert!(*min > 25 && *max < 115, "min {min} max {max}");
+        for c in [&counts, &alts] {
+            let (min, max) = (c.iter().min().unwrap(), c.iter().max().unwrap());
+            assert!(*min > 25 && *max < 115, "min {min} max {max}");
+        }
     }
 
     #[test]
     fn seeds_change_the_hash() {
-        let k = FlowKey::v4(Zone(0), IpProtocol::TCP, (a4("10.0.0.1"), 1), (a4("10.0.0.2"), 2));
-        assert_ne!(KeyHasher::new(1, 1 << 20).hash(&k), KeyHasher::new(2, 1 << 20).hash(&k));
+        let k = FlowKey::v4(
+            Zone(0),
+            IpProtocol::TCP,
+            (a4("10.0.0.1"), 1),
+            (a4("10.0.0.2"), 2),
+        );
+        let f = WayFormat::new(1 << 20);
+        assert_ne!(
+            KeyHasher::new(1, 1 << 20, f).hash(&k),
+            KeyHasher::new(2, 1 << 20, f).hash(&k)
+        );
     }
 }

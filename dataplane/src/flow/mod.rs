@@ -12,9 +12,12 @@
 //! entries once every worker has announced a quiescent point since they
 //! were unlinked ([`FlowHandle::quiescent`], once per poll loop).
 //!
-//! Layout per flow of capacity: a 64-byte entry line (key, state, verdict,
-//! forwarding), 32 bytes of counters, a quarter of a 64-byte bucket of
-//! seven `(tag, index)` ways, and a 4-byte list link: 116 bytes.
+//! Layout per flow of capacity: a 128-byte entry — one cache line with
+//! what a lookup reads (key, state, idle timer, verdict, forwarding), one
+//! with what tracking writes (per-direction counters, list link) — and a
+//! tenth of a 64-byte bucket of fifteen 32-bit `(tag, index)` ways:
+//! 134.4 bytes, allocated once, on transparent huge pages when the kernel
+//! has them.
 
 mod bucket;
 mod epoch;

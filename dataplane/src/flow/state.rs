@@ -14,14 +14,28 @@ use super::tcp::{self, TcpEvent, TcpState, TcpStep};
 
 /// Nanoseconds per table tick, as a shift: 2^20 ns ≈ 1.05 ms. Flows keep
 /// their last-seen time as a 32-bit tick count, which wraps after ~52
-/// days; ages are compared with wrapping arithmetic, so a flow must be
-/// swept within ~26 days of its last packet (every timeout is far below).
+/// days; ages are taken with wrapping arithmetic ([`idle_ticks`]), so a
+/// flow must be swept within ~26 days of its last packet (every timeout
+/// is far below).
 pub(super) const TICK_SHIFT: u32 = 20;
 
 /// The tick of a monotonic time in nanoseconds.
 #[inline]
 pub(super) const fn tick(now_ns: u64) -> u32 {
     (now_ns >> TICK_SHIFT) as u32
+}
+
+/// Ticks a flow last seen at tick `last` has been idle at tick `now`.
+/// A `last` after `now` (a worker's clock read after the sweep's) is 0,
+/// not a wrapped-around eternity.
+#[inline]
+pub(super) const fn idle_ticks(now: u32, last: u32) -> u32 {
+    let age = now.wrapping_sub(last);
+    if age > i32::MAX as u32 {
+        0
+    } else {
+        age
+    }
 }
 
 /// Ticks spanning `d`, rounded up.
@@ -153,7 +167,8 @@ impl StateWord {
     }
 
     fn with_tcp(self, state: TcpState, closer: FlowDir) -> StateWord {
-        let mut w = (self.0 & !(Self::TCP | Self::CLOSER_REPLY)) | ((state as u32) << Self::TCP_SHIFT);
+        let mut w =
+            (self.0 & !(Self::TCP | Self::CLOSER_REPLY)) | ((state as u32) << Self::TCP_SHIFT);
         if closer == FlowDir::Reply {
             w |= Self::CLOSER_REPLY;
         }
@@ -185,7 +200,8 @@ impl StateWord {
                     TcpStep::Reopen => {
                         // The sender of the SYN is the new originator.
                         let orig_high = self.orig_high() != reply;
-                        let mut n = L4::Tcp as u32 | ((TcpState::SynSent as u32) << Self::TCP_SHIFT);
+                        let mut n =
+                            L4::Tcp as u32 | ((TcpState::SynSent as u32) << Self::TCP_SHIFT);
                         if orig_high {
                             n |= Self::ORIG_HIGH;
                         }
@@ -407,7 +423,7 @@ impl Verdict {
 
     #[inline]
     pub(super) fn unpack(w: u64) -> Option<Verdict> {
-        (w & Self::VALID != 0).then(|| Verdict {
+        (w & Self::VALID != 0).then_some(Verdict {
             allowed: w & Self::ALLOWED != 0,
             rule: RuleId(w as u32),
             generation: ((w >> 32) & Self::GEN_MASK) as u32,
@@ -522,5 +538,8 @@ mod tests {
         assert_eq!(ticks(Duration::from_nanos(1 << 20)), 1);
         assert_eq!(tick(3 << 20), 3);
         assert_eq!(ticks_to_ns(2), 2 << 20);
+        assert_eq!(idle_ticks(10, 4), 6);
+        assert_eq!(idle_ticks(4, 10), 0, "seen after now");
+        assert_eq!(idle_ticks(5, u32::MAX), 6, "across the wrap");
     }
 }

@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
-use super::state::{tick, FlowTimeouts, StateWord, TimeoutTicks};
+use super::state::{idle_ticks, tick, FlowTimeouts, StateWord, TimeoutTicks};
 use super::table::{Entry, FlowTable};
 
 /// Age classes: four per power of two of ticks.
@@ -106,7 +106,7 @@ impl FlowTable {
     /// Expires, evicts and reclaims; called periodically (say every 100 ms
     /// to 1 s) by a housekeeping thread with the workers' clock. A flow
     /// outlives its timeout by up to one sweep period. Cost: one sequential
-    /// read of the entry array (64 B per flow of capacity), plus the
+    /// read of the entry array (128 B per flow of capacity), plus the
     /// unlinks, plus a second read when evicting.
     pub fn sweep(&self, now_ns: u64) -> SweepReport {
         let mut hk = self.housekeeping();
@@ -114,12 +114,12 @@ impl FlowTable {
         let timeouts = hk.timeouts;
         let mut report = SweepReport::default();
         let mut unlinked = Vec::new();
-        self.lists.take_retired(&mut unlinked);
+        self.lists.take_retired(&*self.entries, &mut unlinked);
 
         let over = self.len() > self.evict_above;
         let mut hist = vec![0u32; if over { 2 * AGE_CLASSES } else { 0 }];
         let expired = |s: StateWord, e: &Entry| {
-            now.wrapping_sub(e.last_seen.load(Ordering::Relaxed)) > timeouts.of(s)
+            idle_ticks(now, e.last_seen.load(Ordering::Relaxed)) > timeouts.of(s)
         };
         for (idx, e) in self.entries.iter().enumerate() {
             let s = StateWord(e.state.load(Ordering::Acquire));
@@ -132,7 +132,7 @@ impl FlowTable {
                     report.expired += 1;
                 }
             } else if over {
-                let age = now.wrapping_sub(e.last_seen.load(Ordering::Relaxed));
+                let age = idle_ticks(now, e.last_seen.load(Ordering::Relaxed));
                 hist[EvictPlan::rank(s.assured(), age)] += 1;
             }
         }
@@ -144,7 +144,7 @@ impl FlowTable {
                 if !s.is_live() {
                     continue;
                 }
-                let age = now.wrapping_sub(e.last_seen.load(Ordering::Relaxed));
+                let age = idle_ticks(now, e.last_seen.load(Ordering::Relaxed));
                 if plan.take(EvictPlan::rank(s.assured(), age))
                     && self.retire(idx as u32, &|_, _| true)
                 {
@@ -172,7 +172,7 @@ impl FlowTable {
                     .state
                     .store(StateWord::FREE.0, Ordering::Relaxed);
             }
-            self.lists.push_free(&batch);
+            self.lists.push_free(&*self.entries, &batch);
             report.reclaimed += batch.len() as u32;
         }
         report.limbo = hk.limbo.iter().map(|(_, b)| b.len() as u32).sum();

@@ -2,11 +2,12 @@
 //! it: staged vector lookups, inserts, per-packet tracking and the flow's
 //! verdict and forwarding slots.
 //!
-//! Memory is three arrays allocated once: 64-byte buckets (one per four
-//! flows of capacity), 64-byte entries holding everything a lookup reads
-//! (key, state, last-seen tick, verdict, forwarding), and 32-byte counter
-//! records beside them, plus a 4-byte list link per entry. Nothing grows
-//! afterwards.
+//! Memory is two arrays allocated once: 64-byte buckets (one per ten
+//! flows of capacity) and 128-byte entries, whose first cache line holds
+//! everything a lookup reads (key, state, last-seen tick, verdict,
+//! forwarding) and whose second what tracking writes (counters), so a
+//! lookup and the tracking of its packet touch one random 128-byte block
+//! besides the bucket. Nothing grows afterwards.
 
 use std::cell::Cell;
 use std::marker::PhantomData;
@@ -15,30 +16,33 @@ use std::sync::{Arc, Mutex};
 
 use caracal_wire::TcpFlags;
 
-use super::bucket::{self, way, Bucket, BucketGuard, WAYS};
+use super::bucket::{self, Bucket, BucketGuard, WayFormat, WAYS};
 use super::epoch::{Epochs, Participant};
-use super::freelist::IndexLists;
-use super::hint::prefetch;
+use super::freelist::{IndexLists, Links};
+use super::hint::{self, prefetch};
 use super::key::{FlowDir, FlowKey, KeyHash, KeyHasher, KEY_WORDS};
-use super::state::{tick, ticks_to_ns, FlowStatus, FlowTimeouts, StateWord, Tracked, Verdict};
+use super::state::{
+    idle_ticks, tick, ticks_to_ns, FlowStatus, FlowTimeouts, StateWord, Tracked, Verdict,
+};
 use super::sweep::Housekeeping;
 use super::Padded;
 
-/// Flows of capacity per bucket: 4 in 7 ways keeps the primary bucket
-/// enough for ~95 % of keys even when the table is full.
-const FLOWS_PER_BUCKET: u32 = 4;
+/// Flows of capacity per bucket: 10 in 15 ways keeps ~97 % of keys in
+/// their primary bucket even when the table is full, and a full bucket
+/// pair needs no eviction (simulated over a million inserts).
+const FLOWS_PER_BUCKET: u32 = 10;
 /// A key goes to its alternative bucket only once its primary holds this
 /// many ways and the alternative is emptier.
-const PRIMARY_PREFERRED: usize = 6;
-/// Largest capacity: entry indices stay below the lookup's marker values.
-pub const MAX_CAPACITY: u32 = 1 << 31;
+const PRIMARY_PREFERRED: usize = 13;
+/// Largest capacity: 28 index bits leave 4 tag bits in a way.
+pub const MAX_CAPACITY: u32 = 1 << 28;
 
-/// Packets between the stages of a vector lookup (hash and prefetch the
-/// bucket → probe it and prefetch the entry → compare the key).
-const AHEAD: usize = 8;
-/// In-flight lookups kept in a ring; a power of two above `2 * AHEAD`.
-const RING: usize = 32;
-const _: () = assert!(RING > 2 * AHEAD && RING.is_power_of_two());
+/// Packets per stage group of a vector lookup: while one group is hashed
+/// and its buckets prefetched, the previous group probes its (now cached)
+/// buckets and prefetches its entries, and the one before compares keys.
+const STAGE: usize = 16;
+/// Keys one staged pass handles (a graph vector).
+const PASS: usize = 256;
 /// Stage results beside entry indices.
 const CAND_MISS: u32 = u32::MAX;
 const CAND_ALT: u32 = u32::MAX - 1;
@@ -46,7 +50,10 @@ const CAND_ALT: u32 = u32::MAX - 1;
 /// How a [`FlowTable`] is sized and behaves.
 #[derive(Debug, Clone)]
 pub struct FlowTableConfig {
-    /// Most flows held at once.
+    /// Most flows held at once, up to [`MAX_CAPACITY`]. The entry index
+    /// takes the bits the capacity needs in a bucket's 32-bit ways and the
+    /// tag the rest: 11 tag bits at a million flows, fewer (more key
+    /// compares of false candidates) for much larger tables.
     pub capacity: u32,
     /// Most [`FlowHandle`]s registered at once (workers plus readers).
     pub max_handles: usize,
@@ -76,9 +83,11 @@ impl Default for FlowTableConfig {
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum FlowTableError {
-    #[error("flow table capacity must be between 1 and 2^31, not {0}")]
+    #[error("flow table capacity must be between 1 and 2^28, not {0}")]
     BadCapacity(u32),
-    #[error("eviction watermarks must satisfy 0 <= evict_to <= evict_above <= 1, not {to} and {above}")]
+    #[error(
+        "eviction watermarks must satisfy 0 <= evict_to <= evict_above <= 1, not {to} and {above}"
+    )]
     BadWatermarks { above: f64, to: f64 },
     #[error("a flow table needs at least one handle slot")]
     NoHandles,
@@ -171,9 +180,9 @@ pub struct FlowStats {
     pub epoch: u64,
 }
 
-/// Everything a lookup reads, on one cache line.
+/// One flow: a lookup's cache line, then tracking's line.
 #[derive(Debug, Default)]
-#[repr(C, align(64))]
+#[repr(C, align(128))]
 pub(super) struct Entry {
     key: [AtomicU64; KEY_WORDS],
     /// A [`StateWord`].
@@ -184,9 +193,19 @@ pub(super) struct Entry {
     verdict: AtomicU64,
     /// By direction: forwarding value + 1, 0 for none.
     forward: [AtomicU32; 2],
+    // Second line.
+    /// By direction.
+    packets: [AtomicU64; 2],
+    /// By direction.
+    bytes: [AtomicU64; 2],
+    /// Next entry on the free or retired list, as index + 1, while the
+    /// entry is on one. The line's remaining 28 bytes are spare (room for
+    /// TCP window tracking or NAT state).
+    link: AtomicU32,
 }
 
-const _: () = assert!(std::mem::size_of::<Entry>() == 64);
+const _: () = assert!(std::mem::size_of::<Entry>() == 128);
+const _: () = assert!(std::mem::offset_of!(Entry, packets) == 64);
 
 impl Entry {
     pub fn key(&self, swapped: bool) -> FlowKey {
@@ -197,22 +216,21 @@ impl Entry {
     }
 }
 
-/// Per-direction counters, beside (not in) the entry line.
-#[derive(Debug, Default)]
-#[repr(C, align(32))]
-struct Counters {
-    packets: [AtomicU64; 2],
-    bytes: [AtomicU64; 2],
+impl Links for [Entry] {
+    #[inline]
+    fn link(&self, index: u32) -> &AtomicU32 {
+        &self[index as usize].link
+    }
 }
-
-const _: () = assert!(std::mem::size_of::<Counters>() == 32);
 
 /// The flow table (conntrack) shared by every worker.
 ///
 /// Lookups take no lock, allocate nothing and make no system call. An
-/// insert takes the insert lock of the key's primary bucket for the few
-/// dozen nanoseconds it needs to re-probe, pop a free entry, fill it and
-/// publish it; lookups never look at that lock. Serialising inserts per
+/// insert takes the insert lock of the key's primary bucket for the tens
+/// of nanoseconds it needs to re-probe, pop a free entry, fill it and
+/// publish it (a whole miss plus insert costs ~240 cycles); lookups never
+/// look at that lock, and only inserters of keys homed in the same bucket
+/// ever wait for it. Serialising inserts per
 /// key's bucket is what makes two workers inserting one connection at once
 /// (even from its two directions) end with one entry, which the lock-free
 /// alternative (claim a way, re-scan, back off) cannot guarantee without a
@@ -221,8 +239,8 @@ const _: () = assert!(std::mem::size_of::<Counters>() == 32);
 pub struct FlowTable {
     buckets: Box<[Bucket]>,
     pub(super) entries: Box<[Entry]>,
-    counters: Box<[Counters]>,
     pub(super) lists: IndexLists,
+    format: WayFormat,
     pub(super) epochs: Epochs,
     hasher: KeyHasher,
     live: Padded<AtomicU32>,
@@ -238,6 +256,14 @@ pub struct FlowTable {
 
 impl FlowTable {
     pub fn new(config: &FlowTableConfig) -> Result<Arc<FlowTable>, FlowTableError> {
+        Self::with_buckets(config, config.capacity.div_ceil(FLOWS_PER_BUCKET))
+    }
+
+    /// A table with `buckets` buckets (at least 2) whatever its capacity.
+    pub(super) fn with_buckets(
+        config: &FlowTableConfig,
+        buckets: u32,
+    ) -> Result<Arc<FlowTable>, FlowTableError> {
         let cap = config.capacity;
         if cap == 0 || cap > MAX_CAPACITY {
             return Err(FlowTableError::BadCapacity(cap));
@@ -249,15 +275,17 @@ impl FlowTable {
         if config.max_handles == 0 {
             return Err(FlowTableError::NoHandles);
         }
-        let nb = cap.div_ceil(FLOWS_PER_BUCKET).max(2);
+        let nb = buckets.max(2);
         let seed = config.seed.unwrap_or_else(random_seed);
+        let format = WayFormat::new(cap);
+        let entries = array(cap, Entry::default);
         Ok(Arc::new(FlowTable {
-            buckets: (0..nb).map(|_| Bucket::default()).collect(),
-            entries: (0..cap).map(|_| Entry::default()).collect(),
-            counters: (0..cap).map(|_| Counters::default()).collect(),
-            lists: IndexLists::new(cap),
+            buckets: array(nb, Bucket::default),
+            lists: IndexLists::new(cap, &*entries),
+            entries,
+            format,
             epochs: Epochs::new(config.max_handles),
-            hasher: KeyHasher::new(seed, nb),
+            hasher: KeyHasher::new(seed, nb, format),
             live: Padded(AtomicU32::new(0)),
             capacity: cap,
             evict_above: (f64::from(cap) * above) as u32,
@@ -298,14 +326,11 @@ impl FlowTable {
 
     /// Bytes the table allocated, all of it up front.
     pub fn memory_bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.buckets)
-            + std::mem::size_of_val(&*self.entries)
-            + std::mem::size_of_val(&*self.counters)
-            + self.entries.len() * IndexLists::BYTES_PER_ENTRY
+        std::mem::size_of_val(&*self.buckets) + std::mem::size_of_val(&*self.entries)
     }
 
-    /// [`memory_bytes`](Self::memory_bytes) per flow of capacity: 64 entry
-    /// + 32 counters + 16 bucket + 4 list link = 116.
+    /// [`memory_bytes`](Self::memory_bytes) per flow of capacity: a
+    /// 128-byte entry and a tenth of a 64-byte bucket, ~134.4.
     pub fn bytes_per_flow(&self) -> f64 {
         self.memory_bytes() as f64 / f64::from(self.capacity)
     }
@@ -353,17 +378,6 @@ impl FlowTable {
         self.buckets[b as usize].occupied()
     }
 
-    /// Entries published in bucket `b`.
-    #[cfg(test)]
-    pub(super) fn bucket_entries(&self, b: u32) -> Vec<FlowId> {
-        let b = &self.buckets[b as usize];
-        (0..WAYS)
-            .map(|i| b.way(i))
-            .filter(|&w| w != 0)
-            .map(|w| FlowId(bucket::way_index(w)))
-            .collect()
-    }
-
     #[inline(always)]
     pub(super) fn hash(&self, key: &FlowKey) -> KeyHash {
         self.hasher.hash(key)
@@ -375,8 +389,8 @@ impl FlowTable {
     fn matches(&self, idx: u32, key: &FlowKey) -> Option<FlowDir> {
         let e = &self.entries[idx as usize];
         let w = key.words();
-        let same = (0..KEY_WORDS).all(|i| e.key[i].load(Ordering::Relaxed) == w[i]);
-        if !same {
+        let diff = (0..KEY_WORDS).fold(0, |d, i| d | (e.key[i].load(Ordering::Relaxed) ^ w[i]));
+        if diff != 0 {
             return None;
         }
         let s = StateWord(e.state.load(Ordering::Acquire));
@@ -387,7 +401,7 @@ impl FlowTable {
     #[inline]
     fn probe(&self, b: &Bucket, key: &FlowKey, tag: u32) -> Option<FlowHit> {
         let mut from = 0;
-        while let Some((i, idx)) = b.find_tag(tag, from) {
+        while let Some((i, idx)) = b.find_tag(self.format, tag, from) {
             if let Some(dir) = self.matches(idx, key) {
                 return Some(FlowHit {
                     id: FlowId(idx),
@@ -429,7 +443,7 @@ impl FlowTable {
         idx: u32,
         still: impl Fn(StateWord, &Entry) -> bool,
     ) -> bool {
-        let w = way(h.tag, idx);
+        let w = self.format.way(h.tag, idx);
         let primary = &self.buckets[h.primary as usize];
         let alt = &self.buckets[h.alt as usize];
         let in_primary = primary.holds(w);
@@ -469,20 +483,21 @@ impl FlowTable {
             slot.store(w, Ordering::Relaxed);
         }
         e.last_seen.store(tick(now_ns), Ordering::Relaxed);
-        e.verdict.store(Verdict::pack(first.verdict), Ordering::Relaxed);
+        e.verdict
+            .store(Verdict::pack(first.verdict), Ordering::Relaxed);
         e.forward[0].store(encode_fwd(first.forwarding), Ordering::Relaxed);
         e.forward[1].store(0, Ordering::Relaxed);
-        let c = &self.counters[idx as usize];
-        c.packets[0].store(1, Ordering::Relaxed);
-        c.bytes[0].store(u64::from(first.bytes), Ordering::Relaxed);
-        c.packets[1].store(0, Ordering::Relaxed);
-        c.bytes[1].store(0, Ordering::Relaxed);
+        e.packets[0].store(1, Ordering::Relaxed);
+        e.bytes[0].store(u64::from(first.bytes), Ordering::Relaxed);
+        e.packets[1].store(0, Ordering::Relaxed);
+        e.bytes[1].store(0, Ordering::Relaxed);
         // Release: whoever sees the state sees the fields above.
         e.state.store(state.0, Ordering::Release);
     }
 
-    /// Publishes entry `idx` in one of the key's buckets, evicting the
-    /// longest-idle flow of the two when both are full.
+    /// Publishes entry `idx` in one of the key's buckets; when both are
+    /// full, first moves a flow out of the way, else evicts the longest-idle
+    /// flow of the two.
     fn place(
         &self,
         guard: &BucketGuard<'_>,
@@ -493,12 +508,15 @@ impl FlowTable {
     ) -> Result<(), FlowError> {
         let primary = &self.buckets[h.primary as usize];
         let alt = &self.buckets[h.alt as usize];
-        let w = way(h.tag, idx);
+        let w = self.format.way(h.tag, idx);
         // Another inserter may take the way an eviction freed: a few rounds.
         for _ in 0..4 {
             let np = primary.occupied();
             let to_alt = np >= PRIMARY_PREFERRED && alt.occupied() < np;
-            let try_alt = || {
+            let put = |in_alt: bool| {
+                if !in_alt {
+                    return bucket::claim(primary, w);
+                }
                 guard.add_overflow();
                 let ok = bucket::claim(alt, w);
                 if !ok {
@@ -506,26 +524,90 @@ impl FlowTable {
                 }
                 ok
             };
-            let placed = if to_alt {
-                try_alt() || bucket::claim(primary, w)
-            } else {
-                bucket::claim(primary, w) || try_alt()
-            };
+            let placed = put(to_alt) || put(!to_alt);
             if placed {
                 return Ok(());
             }
-            if !self.evict_from_pair(guard, h, now, me) {
+            if !self.relocate_from_pair(guard, h) && !self.evict_from_pair(guard, h, now, me) {
                 break;
             }
         }
         Err(FlowError::BucketFull)
     }
 
+    /// Makes room in the key's two full buckets by moving one of their
+    /// flows to its own other bucket (one cuckoo kick), holding that flow's
+    /// primary lock. The flow is published in its new bucket before it
+    /// leaves the old one, so lookups find it throughout. With one kick a
+    /// full pair stays rare enough that a table filled to capacity needs no
+    /// eviction (simulated: none in a million inserts).
+    fn relocate_from_pair(&self, guard: &BucketGuard<'_>, h: &KeyHash) -> bool {
+        for from in [h.primary, h.alt] {
+            let from_b = &self.buckets[from as usize];
+            for i in 0..WAYS {
+                let w = from_b.way(i);
+                if w == 0 {
+                    continue;
+                }
+                let idx = self.format.index(w);
+                // Not reclaimable under us: this thread is not quiescent.
+                let vh = self.hash(&self.entries[idx as usize].key(false));
+                let (to, homeward) = if from == vh.primary {
+                    (vh.alt, false)
+                } else if from == vh.alt {
+                    (vh.primary, true)
+                } else {
+                    continue;
+                };
+                let to_b = &self.buckets[to as usize];
+                if to_b.occupied() == WAYS {
+                    continue;
+                }
+                let other;
+                let vguard = if vh.primary == h.primary {
+                    guard
+                } else {
+                    match self.buckets[vh.primary as usize].try_lock() {
+                        Some(g) => {
+                            other = g;
+                            &other
+                        }
+                        None => continue,
+                    }
+                };
+                // Under its lock the flow cannot be unlinked or moved.
+                if !from_b.holds(w) {
+                    continue;
+                }
+                if !homeward {
+                    vguard.add_overflow();
+                }
+                if bucket::claim(to_b, w) {
+                    bucket::unpublish(from_b, w);
+                    if homeward {
+                        vguard.remove_overflow();
+                    }
+                    return true;
+                }
+                if !homeward {
+                    vguard.remove_overflow();
+                }
+            }
+        }
+        false
+    }
+
     /// Evicts one flow from the key's two full buckets: the longest-idle
     /// one, not-assured flows first, among those whose primary lock can be
     /// had without waiting.
-    fn evict_from_pair(&self, guard: &BucketGuard<'_>, h: &KeyHash, now: u32, me: &Participant) -> bool {
-        let mut victims: [(bool, u32, u64); 2 * WAYS] = [(true, 0, 0); 2 * WAYS];
+    fn evict_from_pair(
+        &self,
+        guard: &BucketGuard<'_>,
+        h: &KeyHash,
+        now: u32,
+        me: &Participant,
+    ) -> bool {
+        let mut victims: [(bool, u32, u32); 2 * WAYS] = [(true, 0, 0); 2 * WAYS];
         let mut n = 0;
         for b in [h.primary, h.alt] {
             let b = &self.buckets[b as usize];
@@ -534,9 +616,9 @@ impl FlowTable {
                 if w == 0 {
                     continue;
                 }
-                let e = &self.entries[bucket::way_index(w) as usize];
+                let e = &self.entries[self.format.index(w) as usize];
                 let s = StateWord(e.state.load(Ordering::Relaxed));
-                let age = now.wrapping_sub(e.last_seen.load(Ordering::Relaxed));
+                let age = idle_ticks(now, e.last_seen.load(Ordering::Relaxed));
                 victims[n] = (s.assured(), age, w);
                 n += 1;
             }
@@ -545,7 +627,7 @@ impl FlowTable {
         // Not assured before assured, then oldest first.
         victims.sort_unstable_by_key(|&(assured, age, _)| (assured, std::cmp::Reverse(age)));
         for &(_, _, w) in victims.iter() {
-            let idx = bucket::way_index(w);
+            let idx = self.format.index(w);
             // The entry cannot be reclaimed under us (this thread has not
             // passed a quiescent point), so its key is its key.
             let vh = self.hash(&self.entries[idx as usize].key(false));
@@ -562,13 +644,21 @@ impl FlowTable {
                 }
             };
             if self.unlink(vguard, &vh, idx, |_, _| true) {
-                self.lists.push_retired(idx);
+                self.lists.push_retired(&*self.entries, idx);
                 Participant::bump(&me.bucket_evictions);
                 return true;
             }
         }
         false
     }
+}
+
+/// `n` values of `f`, on huge pages where the kernel has them.
+fn array<T>(n: u32, f: impl FnMut() -> T) -> Box<[T]> {
+    let mut v = Vec::with_capacity(n as usize);
+    hint::advise_hugepages(v.spare_capacity_mut());
+    v.extend(std::iter::repeat_with(f).take(n as usize));
+    v.into_boxed_slice()
 }
 
 fn random_seed() -> u64 {
@@ -638,55 +728,74 @@ impl FlowHandle {
 
     /// Finds the flows of a vector of packets: `out[i]` answers `keys[i]`.
     ///
-    /// Staged as VPP's bihash users do: packet `i` is hashed and its bucket
-    /// prefetched while packet `i - AHEAD` probes its (now cached) bucket
-    /// and prefetches its entry, and packet `i - 2 * AHEAD` compares its
-    /// key; a whole vector's cache misses overlap.
+    /// Staged as VPP's bihash users do, in groups of 16 packets: one group
+    /// is hashed and its buckets prefetched while the group before probes
+    /// its (now cached) buckets and prefetches its entries — both lines:
+    /// the lookup's and the one [`track`](Self::track) writes — and the
+    /// group before that compares keys. A whole vector's cache misses
+    /// overlap instead of stalling one after another.
     ///
     /// # Panics
     /// If the slices differ in length.
     pub fn lookup_batch(&self, keys: &[FlowKey], out: &mut [Option<FlowHit>]) {
         assert_eq!(keys.len(), out.len(), "one answer per key");
+        for (keys, out) in keys.chunks(PASS).zip(out.chunks_mut(PASS)) {
+            self.lookup_pass(keys, out);
+        }
+    }
+
+    /// [`lookup_batch`](Self::lookup_batch) of at most [`PASS`] keys.
+    #[inline]
+    fn lookup_pass(&self, keys: &[FlowKey], out: &mut [Option<FlowHit>]) {
         let t = &*self.table;
         let n = keys.len();
-        let mut ring = [(KeyHash::default(), 0u32); RING];
-        for i in 0..n + 2 * AHEAD {
-            if let Some(key) = keys.get(i) {
-                let h = t.hash(key);
-                prefetch(&t.buckets[h.primary as usize]);
-                ring[i % RING] = (h, 0);
+        let mut hashes = [KeyHash::default(); PASS];
+        let mut cands = [CAND_MISS; PASS];
+        let groups = n.div_ceil(STAGE);
+        let group = |g: usize| g * STAGE..((g + 1) * STAGE).min(n);
+        for g in 0..groups + 2 {
+            if g < groups {
+                for i in group(g) {
+                    let h = t.hash(&keys[i]);
+                    prefetch(&t.buckets[h.primary as usize]);
+                    hashes[i] = h;
+                }
             }
-            if let Some(j) = i.checked_sub(AHEAD).filter(|&j| j < n) {
-                let (h, cand) = &mut ring[j % RING];
-                let b = &t.buckets[h.primary as usize];
-                *cand = match b.find_tag(h.tag, 0) {
-                    Some((_, idx)) => {
-                        prefetch(&t.entries[idx as usize]);
-                        prefetch(&t.counters[idx as usize]);
-                        idx
-                    }
-                    None if b.overflow() > 0 => {
-                        prefetch(&t.buckets[h.alt as usize]);
-                        CAND_ALT
-                    }
-                    None => CAND_MISS,
-                };
+            if let Some(g) = g.checked_sub(1).filter(|&g| g < groups) {
+                for j in group(g) {
+                    let h = &hashes[j];
+                    let b = &t.buckets[h.primary as usize];
+                    cands[j] = match b.first_tagged(t.format, h.tag) {
+                        Some(idx) => {
+                            let e = &t.entries[idx as usize];
+                            prefetch(&e.key);
+                            prefetch(&e.packets);
+                            idx
+                        }
+                        None if b.overflow() > 0 => {
+                            prefetch(&t.buckets[h.alt as usize]);
+                            CAND_ALT
+                        }
+                        None => CAND_MISS,
+                    };
+                }
             }
-            if let Some(k) = i.checked_sub(2 * AHEAD) {
-                let (h, cand) = &ring[k % RING];
-                let key = &keys[k];
-                out[k] = match *cand {
-                    CAND_MISS => None,
-                    CAND_ALT => t.probe(&t.buckets[h.alt as usize], key, h.tag),
-                    idx => match t.matches(idx, key) {
-                        Some(dir) => Some(FlowHit {
-                            id: FlowId(idx),
-                            dir,
-                        }),
-                        // A tag collision or a dying entry: the slow way.
-                        None => t.find(key, h),
-                    },
-                };
+            if let Some(g) = g.checked_sub(2) {
+                for k in group(g) {
+                    let (h, key) = (&hashes[k], &keys[k]);
+                    out[k] = match cands[k] {
+                        CAND_MISS => None,
+                        CAND_ALT => t.probe(&t.buckets[h.alt as usize], key, h.tag),
+                        idx => match t.matches(idx, key) {
+                            Some(dir) => Some(FlowHit {
+                                id: FlowId(idx),
+                                dir,
+                            }),
+                            // A tag collision or a dying entry: the slow way.
+                            None => t.find(key, h),
+                        },
+                    };
+                }
             }
         }
     }
@@ -696,7 +805,12 @@ impl FlowHandle {
     /// meanwhile — then that flow is returned whatever the packet is. The
     /// packet itself is counted and starts the state machine when the flow
     /// is created.
-    pub fn insert(&self, key: &FlowKey, now_ns: u64, first: &NewFlow) -> Result<Inserted, FlowError> {
+    pub fn insert(
+        &self,
+        key: &FlowKey,
+        now_ns: u64,
+        first: &NewFlow,
+    ) -> Result<Inserted, FlowError> {
         let t = &*self.table;
         let me = &t.epochs.slots()[self.slot];
         let h = t.hash(key);
@@ -709,7 +823,7 @@ impl FlowHandle {
             });
         }
         let state = StateWord::initial(key, first.tcp_flags).ok_or(FlowError::NotInitial)?;
-        let Some(idx) = t.lists.pop_free() else {
+        let Some(idx) = t.lists.pop_free(&*t.entries) else {
             Participant::bump(&me.full);
             return Err(FlowError::Full);
         };
@@ -719,7 +833,7 @@ impl FlowHandle {
             t.entries[idx as usize]
                 .state
                 .store(state.0 | StateWord::DEAD, Ordering::Relaxed);
-            t.lists.push_retired(idx);
+            t.lists.push_retired(&*t.entries, idx);
             Participant::bump(&me.full);
             return Err(e);
         }
@@ -758,22 +872,21 @@ impl FlowHandle {
                 Err(x) => s = x,
             }
         };
-        let c = &t.counters[hit.id.0 as usize];
         let d = if outcome == Tracked::Reopened {
             // Only the thread whose compare-and-swap reopened gets here.
             e.verdict.store(0, Ordering::Relaxed);
             for f in &e.forward {
                 f.store(0, Ordering::Relaxed);
             }
-            for a in c.packets.iter().chain(&c.bytes) {
+            for a in e.packets.iter().chain(&e.bytes) {
                 a.store(0, Ordering::Relaxed);
             }
             FlowDir::Original.index()
         } else {
             hit.dir.index()
         };
-        c.packets[d].fetch_add(1, Ordering::Relaxed);
-        c.bytes[d].fetch_add(u64::from(bytes), Ordering::Relaxed);
+        e.packets[d].fetch_add(1, Ordering::Relaxed);
+        e.bytes[d].fetch_add(u64::from(bytes), Ordering::Relaxed);
         if matches!(outcome, Tracked::Ok | Tracked::Reopened) {
             let now = tick(now_ns);
             // Written once per tick at most, so two workers carrying the
@@ -787,7 +900,11 @@ impl FlowHandle {
 
     #[inline]
     pub fn verdict(&self, id: FlowId) -> Option<Verdict> {
-        Verdict::unpack(self.table.entries[id.0 as usize].verdict.load(Ordering::Relaxed))
+        Verdict::unpack(
+            self.table.entries[id.0 as usize]
+                .verdict
+                .load(Ordering::Relaxed),
+        )
     }
 
     /// Records a policy decision (e.g. after re-evaluating a flow whose
@@ -802,7 +919,9 @@ impl FlowHandle {
     /// Forwarding for packets going in `hit.dir`.
     #[inline]
     pub fn forwarding(&self, hit: FlowHit) -> Option<u32> {
-        decode_fwd(self.table.entries[hit.id.0 as usize].forward[hit.dir.index()].load(Ordering::Relaxed))
+        decode_fwd(
+            self.table.entries[hit.id.0 as usize].forward[hit.dir.index()].load(Ordering::Relaxed),
+        )
     }
 
     /// Sets the forwarding for packets going in `hit.dir` (`u32::MAX` is
@@ -828,18 +947,17 @@ impl FlowTable {
         if !s.is_live() {
             return None;
         }
-        let c = &self.counters[id.0 as usize];
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let idle = tick(now_ns).wrapping_sub(e.last_seen.load(Ordering::Relaxed));
+        let idle = idle_ticks(tick(now_ns), e.last_seen.load(Ordering::Relaxed));
         Some(FlowInfo {
             id,
             key: e.key(s.orig_high()),
             status: s.status(),
             verdict: Verdict::unpack(e.verdict.load(Ordering::Relaxed)),
             forwarding: [0, 1].map(|d| decode_fwd(e.forward[d].load(Ordering::Relaxed))),
-            packets: [load(&c.packets[0]), load(&c.packets[1])],
-            bytes: [load(&c.bytes[0]), load(&c.bytes[1])],
-            idle_ns: if idle > u32::MAX / 2 { 0 } else { ticks_to_ns(idle) },
+            packets: [load(&e.packets[0]), load(&e.packets[1])],
+            bytes: [load(&e.bytes[0]), load(&e.bytes[1])],
+            idle_ns: ticks_to_ns(idle),
         })
     }
 }

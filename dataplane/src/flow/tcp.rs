@@ -215,7 +215,11 @@ mod tests {
         let mut out = vec![TcpStep::Move { state, closer }];
         for &(dir, flags) in &segments[1..] {
             let s = step(state, closer, dir, TcpEvent::classify(flags));
-            if let TcpStep::Move { state: st, closer: c } = s {
+            if let TcpStep::Move {
+                state: st,
+                closer: c,
+            } = s
+            {
                 state = st;
                 closer = c;
             }
@@ -324,15 +328,33 @@ mod tests {
         assert_eq!(step(S::SynSent, O, O, TcpEvent::Ack), TcpStep::Invalid);
         assert_eq!(step(S::SynSent, O, R, TcpEvent::Fin), TcpStep::Invalid);
         // Retransmitted SYN and simultaneous open.
-        assert_eq!(states(&run(&[(O, SYN), (O, SYN)])), [S::SynSent, S::SynSent]);
         assert_eq!(
-            states(&run(&[(O, SYN), (R, SYN), (R, SYNACK), (O, SYNACK), (O, ACK)])),
-            [S::SynSent, S::SynRecv, S::SynRecv, S::SynRecv, S::Established]
+            states(&run(&[(O, SYN), (O, SYN)])),
+            [S::SynSent, S::SynSent]
+        );
+        assert_eq!(
+            states(&run(&[
+                (O, SYN),
+                (R, SYN),
+                (R, SYNACK),
+                (O, SYNACK),
+                (O, ACK)
+            ])),
+            [
+                S::SynSent,
+                S::SynRecv,
+                S::SynRecv,
+                S::SynRecv,
+                S::Established
+            ]
         );
         assert_eq!(initial(TcpEvent::SynAck), None);
         assert_eq!(initial(TcpEvent::Fin), None);
         assert_eq!(initial(TcpEvent::Rst), None);
-        assert_eq!(step(S::Established, O, O, TcpEvent::Invalid), TcpStep::Invalid);
+        assert_eq!(
+            step(S::Established, O, O, TcpEvent::Invalid),
+            TcpStep::Invalid
+        );
     }
 
     #[test]
