@@ -2,7 +2,11 @@
 //! generates prost messages and tonic clients/servers from the result.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/dataplane.proto", "proto/policy.proto", "proto/agent.proto"];
+    let files = [
+        "proto/dataplane.proto",
+        "proto/policy.proto",
+        "proto/agent.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -49,6 +49,13 @@ spec: {containers: [{name: c, image: x}]}
 apiVersion: v1
 kind: Pod
 metadata:
+  name: v
+  annotations: {caracal.io/interface: vhost-user}
+spec: {containers: [{name: c, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
   name: badpool
   annotations: {caracal.io/ipv4pools: 'default-ipv4-ippool'}
 spec: {containers: [{name: c, image: x}]}
@@ -84,6 +91,7 @@ impl TestAgent {
             default_ipv4_pool: Some("10.65.0.0/16".parse().unwrap()),
             default_ipv6_pool: Some("fd00:65::/48".parse().unwrap()),
             mtu: 1500,
+            memif_dir: root.join("memif"),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(agent::run(config, async {
@@ -309,9 +317,9 @@ async fn refused_adds_leave_nothing_behind() {
 
     let cases = [
         (
-            request("cm", "m"),
+            request("cv", "v"),
             Code::InvalidArgument,
-            "memif is not supported yet",
+            "vhost-user is not supported yet",
         ),
         (
             request("cb", "badpool"),
@@ -411,6 +419,197 @@ async fn gc_and_restarts_of_either_side() {
     let mut check = request("cb", "b");
     check.prev_ips = b.ips.iter().map(|i| i.address.clone()).collect();
     cni.check(check).await.unwrap();
+
+    agent.stop().await;
+    dp.stop().await;
+}
+
+/// Memif pods of the tests below, beside [`PODS`].
+const MEMIF_PODS: &str = "\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: s
+  annotations:
+    caracal.io/interface: memif
+    caracal.io/memif-secret: sesame
+    caracal.io/memif-queues: '2'
+    caracal.io/memif-ring-size: '2048'
+spec: {containers: [{name: c, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: badring
+  annotations: {caracal.io/interface: memif, caracal.io/memif-ring-size: '1000'}
+spec: {containers: [{name: c, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: m-x
+  annotations: {caracal.io/interface: memif}
+spec: {containers: [{name: c, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: x
+  namespace: default-m
+  annotations: {caracal.io/interface: memif}
+spec: {containers: [{name: c, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: long.long.long.long.long.long.long.long.long.long.long.long.long.long.long.long.long.long
+  annotations: {caracal.io/interface: memif}
+spec: {containers: [{name: c, image: x}]}
+";
+/// A pod name that makes too long a socket path.
+const LONG: &str =
+    "long.long.long.long.long.long.long.long.long.long.long.long.long.long.long.long.long.long";
+
+fn memif_spec(iface: &caracal_proto::dataplane::Interface) -> caracal_proto::dataplane::MemifSpec {
+    match iface.spec.as_ref().and_then(|s| s.kind.clone()) {
+        Some(caracal_proto::dataplane::interface_spec::Kind::Memif(m)) => m,
+        other => panic!("not a memif: {other:?}"),
+    }
+}
+
+fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memif_pods_get_a_server_socket_in_a_folder_of_their_own() {
+    let root = setup();
+    std::fs::write(root.path().join("manifests/memif.yaml"), MEMIF_PODS).unwrap();
+    let dp_socket = root.path().join("dp.sock");
+    let dp = FakeDataplane::start(&dp_socket).await;
+    let agent = TestAgent::start(root.path()).await;
+    agent.wait_ready().await;
+    let mut cni = agent.cni().await;
+
+    // ADD: a memif server on <memif dir>/<namespace>-<pod>/memif.sock,
+    // made after its folder (the fake binds it as the dataplane does);
+    // the pod's MAC, no kernel interface.
+    let socket = root.path().join("memif/default-m/memif.sock");
+    let result = cni.add(request("cm", "m")).await.unwrap().into_inner();
+    assert_eq!(result.interface_kind, "memif");
+    assert_eq!(result.socket_path, socket.display().to_string());
+    assert_eq!(result.sandbox, "/var/run/netns/m");
+    assert_eq!(result.ips.len(), 2);
+    assert_eq!(result.ips[0].gateway, "169.254.1.1");
+    assert_eq!(
+        result.mac,
+        caracal_control::agent::memif::pod_mac("default/m")
+    );
+    assert!(is_socket(&socket), "the dataplane's socket");
+    let iface = dp.interface("default/m").expect("the dataplane runs it");
+    let m = memif_spec(&iface);
+    assert_eq!(m.socket, result.socket_path);
+    assert_eq!(
+        (m.role, m.id, m.mode, m.secret.as_str(), m.peer_mac.as_str()),
+        (
+            caracal_proto::dataplane::MemifRole::Server as i32,
+            0,
+            caracal_proto::dataplane::MemifMode::Ethernet as i32,
+            "",
+            result.mac.as_str()
+        )
+    );
+    let ips: Vec<&str> = result.ips.iter().map(|i| i.address.as_str()).collect();
+    assert_eq!(iface.spec.as_ref().unwrap().addresses, ips);
+    let status = agent.wait_synced().await;
+    let ep = &status.endpoints[0];
+    assert_eq!(
+        (ep.interface_kind.as_str(), ep.socket_path.as_str()),
+        ("memif", result.socket_path.as_str())
+    );
+
+    // The annotations' secret, queues and ring size.
+    let s = cni.add(request("cs", "s")).await.unwrap().into_inner();
+    let m = memif_spec(&dp.interface("default/s").unwrap());
+    assert_eq!(
+        (m.secret.as_str(), m.queues, m.ring_size),
+        ("sesame", 2, 2048)
+    );
+    assert!(s.socket_path.ends_with("/default-s/memif.sock"));
+
+    // ADD again: the same answer; CHECK: fine, and not without its socket.
+    assert_eq!(
+        cni.add(request("cm", "m")).await.unwrap().into_inner(),
+        result
+    );
+    let mut check = request("cm", "m");
+    check.prev_ips = ips.iter().map(|s| s.to_string()).collect();
+    cni.check(check.clone()).await.unwrap();
+    std::fs::remove_file(&socket).unwrap();
+    let err = cni.check(check.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("memif socket"), "{err:?}");
+
+    // A dataplane restart replays the memif, socket and all.
+    dp.stop().await;
+    let dp = FakeDataplane::start(&dp_socket).await;
+    until("replayed", || {
+        dp.interface_names() == ["default/m", "default/s"]
+    })
+    .await;
+    agent.wait_synced().await;
+    assert!(is_socket(&socket));
+    cni.check(check).await.unwrap();
+
+    // Refused: a bad annotation, a socket path that does not fit, one
+    // that another pod's has; nothing is left behind.
+    cni.add(request("cx", "m-x")).await.unwrap();
+    let mut taken = request("ct", "x");
+    taken.pod_namespace = "default-m".into();
+    for (req, code, text) in [
+        (
+            request("cr", "badring"),
+            Code::InvalidArgument,
+            "caracal.io/memif-ring-size",
+        ),
+        (request("cl", LONG), Code::InvalidArgument, "unix socket"),
+        (taken, Code::AlreadyExists, "default/m-x"),
+    ] {
+        let who = req.container_id.clone();
+        let err = cni.add(req).await.unwrap_err();
+        assert_eq!(err.code(), code, "{who}: {err:?}");
+        assert!(err.message().contains(text), "{who}: {err:?}");
+    }
+    assert_eq!(
+        ipam_handles(root.path()).await,
+        ["cm.eth0", "cs.eth0", "cx.eth0"]
+    );
+    let mut folders: Vec<String> = std::fs::read_dir(root.path().join("memif"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    folders.sort();
+    assert_eq!(folders, ["default-m", "default-m-x", "default-s"]);
+
+    // DEL: interface, socket, folder and addresses go; twice is fine. GC
+    // removes the folder of the attachments it releases.
+    cni.del(request("cm", "m")).await.unwrap();
+    cni.del(request("cm", "m")).await.unwrap();
+    assert!(dp.interface("default/m").is_none());
+    assert!(!socket.parent().unwrap().exists(), "folder removed");
+    cni.gc(pb::GcRequest {
+        valid_attachments: vec![pb::Attachment {
+            container_id: "cs".into(),
+            ifname: "eth0".into(),
+        }],
+    })
+    .await
+    .unwrap();
+    assert_eq!(dp.interface_names(), ["default/s"]);
+    assert!(!root.path().join("memif/default-m-x").exists());
+    assert!(is_socket(&root.path().join("memif/default-s/memif.sock")));
+    assert_eq!(ipam_handles(root.path()).await, ["cs.eth0"]);
 
     agent.stop().await;
     dp.stop().await;

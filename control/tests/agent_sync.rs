@@ -3,8 +3,8 @@
 //! retries what the dataplane refused, and counts a revision as synced
 //! only once every op derived from it was acknowledged — policy
 //! included: one atomic batch right after the interfaces it attaches to,
-//! only what changed, and synced-but-unenforced against a dataplane
-//! without the Policy service.
+//! only what changed, and never synced against a dataplane without the
+//! Policy service (its pods stay closed).
 
 mod agent_support;
 
@@ -33,6 +33,7 @@ fn tap(name: &str, netns: &str, addr: &str) -> InterfaceSpec {
             queues: 0,
             configure: true,
         }),
+        policy_enforced: true,
     }
 }
 
@@ -350,7 +351,6 @@ async fn policy_follows_its_interfaces_in_one_batch_and_counts_for_the_revision(
         "the attachments right after their interfaces, in one batch"
     );
     assert_eq!(DesiredPolicy::from_state(dp.policy_state()), want);
-    assert!(!sync.status().policy_unenforced);
 
     // A member joins the set: a delta and nothing else.
     let rev = world.want_policy(
@@ -468,22 +468,28 @@ async fn a_refused_policy_batch_holds_back_the_revision_and_fails_its_interfaces
 }
 
 #[tokio::test]
-async fn without_the_policy_service_policy_is_synced_but_unenforced() {
+async fn without_the_policy_service_nothing_is_synced() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("dp.sock");
     let world = World::new();
-    let dp = FakeDataplane::start(&socket).await;
+    let dp = FakeDataplane::start_without_policy(&socket).await;
     let (sync, task) = world.spawn(&socket);
     let rev = world.want_policy(
         &[tap("ns/a", "/n/a", "10.65.0.1/32")],
         &[],
         policy(&["ns/a"], &["10.65.0.2/32"]),
     );
-    until("synced", || sync.status().synced_revision == rev).await;
+    until("attempted", || sync.status().attempted_revision == rev).await;
     let status = sync.status();
-    assert!(status.policy_unenforced);
-    assert!(status.failures.is_empty());
-    assert_eq!(dp.changes(), ["add ns/a"]);
+    assert_eq!(
+        status.synced_revision, 0,
+        "a pod without policy is not ready"
+    );
+    assert_eq!(
+        status.failures[POLICY_FAILURE].code,
+        tonic::Code::Unimplemented
+    );
+    assert_eq!(dp.changes(), ["add ns/a"], "created, and closed");
     task.abort();
     dp.stop().await;
 }

@@ -19,14 +19,23 @@ fn deploy_dir() -> PathBuf {
 
 fn documents() -> Vec<(String, Value)> {
     let mut out = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(deploy_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(deploy_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
-    for f in files.into_iter().filter(|f| f.extension().is_some_and(|e| e == "yaml")) {
+    for f in files
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "yaml"))
+    {
         let text = std::fs::read_to_string(&f).unwrap();
         for (i, d) in serde_yaml::Deserializer::from_str(&text).enumerate() {
             let v: serde_yaml::Value = serde::Deserialize::deserialize(d).unwrap();
             if !v.is_null() {
-                out.push((format!("{} doc {}", f.display(), i + 1), serde_json::to_value(v).unwrap()));
+                out.push((
+                    format!("{} doc {}", f.display(), i + 1),
+                    serde_json::to_value(v).unwrap(),
+                ));
             }
         }
     }
@@ -40,9 +49,11 @@ fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
             None => Some(format!("{path}.{k}: unknown field")),
             Some(w) => first_difference(v, w, &format!("{path}.{k}")),
         }),
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
-            x.iter().zip(y).enumerate().find_map(|(i, (v, w))| first_difference(v, w, &format!("{path}[{i}]")))
-        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (v, w))| first_difference(v, w, &format!("{path}[{i}]"))),
         // YAML numbers and strings that the typed object normalises
         // (IntOrString, Quantity) compare by their text.
         (x, y) if x.to_string().trim_matches('"') == y.to_string().trim_matches('"') => None,
@@ -61,10 +72,15 @@ fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(what: &str, v: 
 #[test]
 fn every_document_is_a_valid_kubernetes_object() {
     let docs = documents();
-    assert!(docs.len() >= 5, "deploy/ has the DaemonSet, RBAC and CNI config");
+    assert!(
+        docs.len() >= 5,
+        "deploy/ has the DaemonSet, RBAC and CNI config"
+    );
     let mut kinds = Vec::new();
     for (what, v) in &docs {
-        let kind = v["kind"].as_str().unwrap_or_else(|| panic!("{what}: no kind"));
+        let kind = v["kind"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no kind"));
         kinds.push(kind.to_owned());
         match kind {
             "DaemonSet" => round_trip::<DaemonSet>(what, v),
@@ -76,7 +92,13 @@ fn every_document_is_a_valid_kubernetes_object() {
             other => panic!("{what}: unexpected kind {other}"),
         }
     }
-    for k in ["DaemonSet", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap"] {
+    for k in [
+        "DaemonSet",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+    ] {
         assert!(kinds.iter().any(|x| x == k), "deploy/ lacks a {k}");
     }
 }
@@ -89,13 +111,26 @@ fn daemonset_selects_its_pods_and_mounts_what_it_uses() {
     let spec = ds.spec;
     let tmpl_labels = spec.template.metadata.unwrap().labels.unwrap();
     for (k, v) in spec.selector.match_labels.unwrap() {
-        assert_eq!(tmpl_labels.get(&k), Some(&v), "selector {k}={v} matches the template");
+        assert_eq!(
+            tmpl_labels.get(&k),
+            Some(&v),
+            "selector {k}={v} matches the template"
+        );
     }
     let pod = spec.template.spec.unwrap();
     let volumes: Vec<String> = pod.volumes.unwrap().into_iter().map(|v| v.name).collect();
-    for c in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
+    for c in pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+    {
         for m in c.volume_mounts.iter().flatten() {
-            assert!(volumes.contains(&m.name), "{}: mount {} has a volume", c.name, m.name);
+            assert!(
+                volumes.contains(&m.name),
+                "{}: mount {} has a volume",
+                c.name,
+                m.name
+            );
         }
     }
     let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
@@ -106,7 +141,8 @@ fn daemonset_selects_its_pods_and_mounts_what_it_uses() {
 fn cni_conflist_names_the_plugin() {
     let docs = documents();
     let (_, cm) = docs.iter().find(|(_, v)| v["kind"] == "ConfigMap").unwrap();
-    let conflist: Value = serde_json::from_str(cm["data"]["10-caracal.conflist"].as_str().unwrap()).unwrap();
+    let conflist: Value =
+        serde_json::from_str(cm["data"]["10-caracal.conflist"].as_str().unwrap()).unwrap();
     assert_eq!(conflist["cniVersion"], "1.0.0");
     assert_eq!(conflist["plugins"][0]["type"], "caracal");
 }
@@ -123,15 +159,26 @@ fn a_misspelled_field_is_caught() {
 
 #[test]
 fn crds_match_the_code() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_caracal-agent")).arg("--print-crds").output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_caracal-agent"))
+        .arg("--print-crds")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let parse = |text: &str| -> Vec<Value> {
         serde_yaml::Deserializer::from_str(text)
-            .map(|d| serde_json::to_value(<serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap()).unwrap())
+            .map(|d| {
+                serde_json::to_value(
+                    <serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap(),
+                )
+                .unwrap()
+            })
             .filter(|v| !v.is_null())
             .collect()
     };
     let generated = parse(&String::from_utf8(out.stdout).unwrap());
     let file = parse(&std::fs::read_to_string(deploy_dir().join("crds.yaml")).unwrap());
-    assert_eq!(file, generated, "deploy/crds.yaml is stale: run caracal-agent --print-crds > deploy/crds.yaml");
+    assert_eq!(
+        file, generated,
+        "deploy/crds.yaml is stale: run caracal-agent --print-crds > deploy/crds.yaml"
+    );
 }

@@ -8,115 +8,14 @@
 //! Needs root. Skipped otherwise, unless `CARACAL_REQUIRE_PRIVILEGED=1`,
 //! which makes a missing privilege fail.
 
+mod lab_support;
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use lab_support::{in_netns, netns_list, ping, privileged, TestLab};
 use serde_json::Value;
-
-fn privileged() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false);
-    if root {
-        return true;
-    }
-    assert!(
-        std::env::var("CARACAL_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "CARACAL_REQUIRE_PRIVILEGED=1 but the lab test needs root"
-    );
-    eprintln!("skipped: not root");
-    false
-}
-
-/// A lab in a private state folder; `lab down` on drop.
-struct TestLab {
-    state: PathBuf,
-    manifests: PathBuf,
-    tag: String,
-}
-
-impl TestLab {
-    fn new() -> TestLab {
-        let tag = format!("t{}", std::process::id());
-        let root = std::env::temp_dir().join(format!("caracal-labtest-{tag}"));
-        let _ = std::fs::remove_dir_all(&root);
-        let manifests = root.join("manifests");
-        std::fs::create_dir_all(&manifests).unwrap();
-        TestLab { state: root.join("state"), manifests, tag }
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_caracalctl"))
-            .arg("lab")
-            .arg("--state-dir")
-            .arg(&self.state)
-            .args(args)
-            .output()
-            .expect("run caracalctl")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.ctl(args);
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "caracalctl lab {args:?} failed:\n{text}\n{}", self.logs());
-        text
-    }
-
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        for f in ["agent.log", "dataplane.log", "supervisor.log"] {
-            if let Ok(t) = std::fs::read_to_string(self.state.join("logs").join(f)) {
-                let tail: Vec<&str> = t.lines().rev().take(30).collect();
-                s += &format!("--- {f} (last lines)\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-            }
-        }
-        s
-    }
-
-    fn ns(&self, n: &str) -> String {
-        format!("{}-{n}", self.tag)
-    }
-
-    fn pod_yaml(&self, ns: &str, name: &str, app: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {}\n  labels: {{app: {app}}}\n\
-             spec:\n  containers:\n  - name: c\n    image: i\n    ports:\n    - {{name: http, containerPort: 80}}\n---\n",
-            self.ns(ns)
-        )
-    }
-
-    fn status(&self) -> Value {
-        serde_json::from_str(&self.ok(&["status", "--json"])).expect("status JSON")
-    }
-}
-
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        let _ = self.ctl(&["down"]);
-        if let Some(root) = self.state.parent() {
-            let _ = std::fs::remove_dir_all(root);
-        }
-    }
-}
-
-/// Runs `f` on a thread inside the network namespace `netns` (a name
-/// under /var/run/netns); sockets it opens stay in that namespace.
-fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let ns = std::fs::File::open(Path::new("/var/run/netns").join(netns)).expect("open netns");
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
 
 struct Pod {
     id: String,
@@ -130,26 +29,30 @@ fn pods(status: &Value) -> Vec<Pod> {
         .unwrap()
         .iter()
         .map(|p| Pod {
-            id: format!("{}/{}", p["namespace"].as_str().unwrap(), p["name"].as_str().unwrap()),
+            id: format!(
+                "{}/{}",
+                p["namespace"].as_str().unwrap(),
+                p["name"].as_str().unwrap()
+            ),
             netns: p["netns"].as_str().unwrap().to_owned(),
-            ips: p["ips"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().parse().unwrap()).collect(),
+            ips: p["ips"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_str().unwrap().parse().unwrap())
+                .collect(),
         })
         .collect()
-}
-
-fn ping(netns: &str, ip: &IpAddr) -> bool {
-    Command::new("ip")
-        .args(["netns", "exec", netns, "ping", "-n", "-q", "-c", "1", "-W", "2", &ip.to_string()])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 /// A TCP connection carrying a message each way and a UDP round trip,
 /// from `from` to `to` at `ip`.
 fn tcp_udp(from: &Pod, to: &Pod, ip: IpAddr, port: u16) -> Result<(), String> {
     let addr = SocketAddr::new(ip, port);
-    let listener = in_netns(&to.netns, || TcpListener::bind(addr)).map_err(|e| format!("bind {addr}: {e}"))?;
-    let udp_server = in_netns(&to.netns, || UdpSocket::bind(addr)).map_err(|e| format!("bind udp {addr}: {e}"))?;
+    let listener =
+        in_netns(&to.netns, || TcpListener::bind(addr)).map_err(|e| format!("bind {addr}: {e}"))?;
+    let udp_server = in_netns(&to.netns, || UdpSocket::bind(addr))
+        .map_err(|e| format!("bind udp {addr}: {e}"))?;
     let server = std::thread::spawn(move || -> std::io::Result<()> {
         let (mut s, _) = listener.accept()?;
         let mut buf = [0u8; 5];
@@ -161,26 +64,37 @@ fn tcp_udp(from: &Pod, to: &Pod, ip: IpAddr, port: u16) -> Result<(), String> {
         udp_server.send_to(&b[..n], peer)?;
         Ok(())
     });
-    let mut s = in_netns(&from.netns, || TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
-        .map_err(|e| format!("tcp {} -> {addr}: {e}", from.id))?;
+    let mut s = in_netns(&from.netns, || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+    })
+    .map_err(|e| format!("tcp {} -> {addr}: {e}", from.id))?;
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     s.write_all(b"hello").map_err(|e| e.to_string())?;
     let mut back = [0u8; 5];
-    s.read_exact(&mut back).map_err(|e| format!("tcp {} -> {addr} read: {e}", from.id))?;
-    let unspecified: IpAddr = if ip.is_ipv4() { "0.0.0.0".parse().unwrap() } else { "::".parse().unwrap() };
-    let u = in_netns(&from.netns, || UdpSocket::bind(SocketAddr::new(unspecified, 0))).map_err(|e| e.to_string())?;
+    s.read_exact(&mut back)
+        .map_err(|e| format!("tcp {} -> {addr} read: {e}", from.id))?;
+    let unspecified: IpAddr = if ip.is_ipv4() {
+        "0.0.0.0".parse().unwrap()
+    } else {
+        "::".parse().unwrap()
+    };
+    let u = in_netns(&from.netns, || {
+        UdpSocket::bind(SocketAddr::new(unspecified, 0))
+    })
+    .map_err(|e| e.to_string())?;
     u.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     u.send_to(b"ping", addr).map_err(|e| e.to_string())?;
     let mut b = [0u8; 64];
-    let (n, _) = u.recv_from(&mut b).map_err(|e| format!("udp {} -> {addr}: {e}", from.id))?;
+    let (n, _) = u
+        .recv_from(&mut b)
+        .map_err(|e| format!("udp {} -> {addr}: {e}", from.id))?;
     if &b[..n] != b"ping" {
         return Err("udp reply differs".into());
     }
-    server.join().unwrap().map_err(|e| format!("server {addr}: {e}"))
-}
-
-fn netns_list() -> String {
-    String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned()
+    server
+        .join()
+        .unwrap()
+        .map_err(|e| format!("server {addr}: {e}"))
 }
 
 #[test]
@@ -188,10 +102,13 @@ fn lab_of_six_pods_in_two_namespaces() {
     if !privileged() {
         return;
     }
-    let lab = TestLab::new();
+    let lab = TestLab::new("t");
     let mut yaml = String::new();
     for ns in ["x", "y"] {
-        yaml += &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {}\n---\n", lab.ns(ns));
+        yaml += &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {}\n---\n",
+            lab.ns(ns)
+        );
         for (name, app) in [("a", "web"), ("b", "web"), ("c", "db")] {
             yaml += &lab.pod_yaml(ns, name, app);
         }
@@ -214,7 +131,13 @@ fn lab_of_six_pods_in_two_namespaces() {
                 continue;
             }
             for (k, ip) in to.ips.iter().enumerate() {
-                assert!(ping(&from.netns, ip), "ping {} -> {} {ip}\n{}", from.id, to.id, lab.logs());
+                assert!(
+                    ping(&from.netns, ip),
+                    "ping {} -> {} {ip}\n{}",
+                    from.id,
+                    to.id,
+                    lab.logs()
+                );
                 let port = 20000 + (i * 100 + j * 10 + k) as u16;
                 tcp_udp(from, to, *ip, port).unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
             }
@@ -229,7 +152,10 @@ fn lab_of_six_pods_in_two_namespaces() {
     lab.ok(&["apply", "-f", extra.to_str().unwrap()]);
     let all = pods(&lab.status());
     assert_eq!(all.len(), 7);
-    let d = all.iter().find(|p| p.id.ends_with("/d")).expect("new pod listed");
+    let d = all
+        .iter()
+        .find(|p| p.id.ends_with("/d"))
+        .expect("new pod listed");
     for ip in &all[0].ips {
         assert!(ping(&d.netns, ip), "new pod reaches {}", all[0].id);
     }
@@ -240,26 +166,55 @@ fn lab_of_six_pods_in_two_namespaces() {
     // lab delete removes one.
     let gone = lab.manifests.join("gone.yaml");
     std::fs::write(&gone, lab.pod_yaml("y", "c", "db")).unwrap();
-    let victim_ips = all.iter().find(|p| p.id == format!("{}/c", lab.ns("y"))).unwrap().ips.clone();
+    let victim_ips = all
+        .iter()
+        .find(|p| p.id == format!("{}/c", lab.ns("y")))
+        .unwrap()
+        .ips
+        .clone();
     lab.ok(&["delete", "-f", gone.to_str().unwrap()]);
     let all = pods(&lab.status());
     assert_eq!(all.len(), 6);
-    assert!(!netns_list().contains(&format!("{}_c", lab.ns("y"))), "deleted pod's netns removed");
-    assert!(!ping(&all[0].netns, &victim_ips[0]), "deleted pod unreachable");
+    assert!(
+        !netns_list().contains(&format!("{}_c", lab.ns("y"))),
+        "deleted pod's netns removed"
+    );
+    assert!(
+        !ping(&all[0].netns, &victim_ips[0]),
+        "deleted pod unreachable"
+    );
 
     // A daemon that dies is restarted, and the pods work again.
-    let dp_pid: i32 = std::fs::read_to_string(lab.state.join("dataplane.pid")).unwrap().trim().parse().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(dp_pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let dp_pid: i32 = std::fs::read_to_string(lab.state.join("dataplane.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dp_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ping(&all[0].netns, &all[1].ips[0]) {
-        assert!(Instant::now() < deadline, "pods did not recover after the dataplane died\n{}", lab.logs());
+        assert!(
+            Instant::now() < deadline,
+            "pods did not recover after the dataplane died\n{}",
+            lab.logs()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
     // lab down removes everything; twice is fine.
     let pids: Vec<i32> = ["supervisor.pid", "agent.pid", "dataplane.pid"]
         .iter()
-        .filter_map(|f| std::fs::read_to_string(lab.state.join(f)).ok()?.trim().parse().ok())
+        .filter_map(|f| {
+            std::fs::read_to_string(lab.state.join(f))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
         .collect();
     lab.ok(&["down"]);
     lab.ok(&["down"]);
@@ -268,7 +223,9 @@ fn lab_of_six_pods_in_two_namespaces() {
     assert!(!lab.state.exists(), "state folder (sockets) left behind");
     for pid in pids {
         let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-            && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ");
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ");
         assert!(!alive, "process {pid} left behind");
     }
 }

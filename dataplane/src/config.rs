@@ -30,6 +30,9 @@ pub struct EngineConfig {
     pub buffers: u32,
     /// Back the buffer pool with hugepages when available.
     pub hugepages: bool,
+    /// Capacity of the flow table (conntrack), flows: 116 bytes each,
+    /// allocated at start.
+    pub flows: u32,
 }
 
 impl Default for EngineConfig {
@@ -39,6 +42,7 @@ impl Default for EngineConfig {
             mode: WorkerMode::Adaptive,
             buffers: 16 * 1024,
             hugepages: true,
+            flows: 256 * 1024,
         }
     }
 }

@@ -71,6 +71,7 @@ mod tests {
             mode = "poll"
             buffers = 65536
             hugepages = false
+            flows = 1000
             "#,
         )
         .unwrap();
@@ -83,6 +84,7 @@ mod tests {
                     mode: WorkerMode::Poll,
                     buffers: 65536,
                     hugepages: false,
+                    flows: 1000,
                 },
             }
         );

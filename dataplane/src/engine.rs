@@ -6,26 +6,40 @@
 //! immutable [`Tables`] snapshot. [`Engine`] calls return once every worker
 //! runs the new snapshot, so when an API call returns the dataplane
 //! forwards by the new state (and a deleted tap is gone).
+//!
+//! The engine also owns the flow table the workers share, and a
+//! housekeeping thread that sweeps it (expiry, eviction, reclamation)
+//! about once a second, off the packet path. Policy changes go through the
+//! [`PolicyDb`]: a batch is validated whole, applied, and published in one
+//! snapshot in which every endpoint whose rules changed gets a new
+//! `since` generation, so the flows through it are re-evaluated on their
+//! next packet.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use crate::buffer::{BufferPool, BufferPoolConfig, DATA_SIZE};
 use crate::config::EngineConfig;
+use crate::flow::{FlowInfo, FlowTable, FlowTableConfig, FlowTimeouts, L4State};
 use crate::graph::DropReason;
 use crate::model::{
-    CountersSnapshot, InterfaceInfo, InterfaceKindSpec, InterfaceSpec, IpCidr, PathSpec,
+    CountersSnapshot, FlowEntry, InterfaceInfo, InterfaceKindSpec, InterfaceSpec, IpCidr, PathSpec,
     RouteOrigin, RouteSpec, WorkerStats,
 };
+use crate::policy::spec::{PolicyBatch, PolicyStateSpec};
+use crate::policy::{ApplyError, PolicyDb};
 use crate::port::memif::{MemifConfig, MemifPort, SocketAddress};
 use crate::port::tap::{PodNetConfig, TapConfig, TapPort};
 use crate::port::{Port, PortId};
-use crate::tables::{lpm, AdjPath, Adjacency, Gateway, Lpm, PortEntry, Tables, MAX_PATHS};
+use crate::tables::{
+    lpm, AdjPath, Adjacency, Gateway, Lpm, PolicyMode, PortEntry, PortPolicy, Tables, MAX_PATHS,
+};
 use crate::worker::WorkerHandle;
 
 /// Largest number of interfaces (port ids are 16-bit, one is reserved).
@@ -34,6 +48,8 @@ const MAX_PORTS: usize = u16::MAX as usize;
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default IP MTU of an interface.
 const DEFAULT_MTU: u16 = 1500;
+/// How often the housekeeping thread sweeps the flow table.
+const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -53,6 +69,10 @@ pub enum EngineError {
     Memif(#[from] crate::port::memif::MemifError),
     #[error("worker: {0}")]
     Worker(std::io::Error),
+    #[error("flow table: {0}")]
+    Flows(#[from] crate::flow::FlowTableError),
+    #[error(transparent)]
+    Policy(#[from] ApplyError),
 }
 
 /// An interface and the device behind it.
@@ -138,6 +158,9 @@ struct State {
     adjacencies: AdjacencyTable,
     fib4: Lpm<u32>,
     fib6: Lpm<u128>,
+    policy: PolicyDb,
+    /// Flow verdicts older than this generation are stale everywhere.
+    verdicts_since: u64,
 }
 
 /// Orders IPv4 before IPv6, then by address and length.
@@ -156,6 +179,57 @@ impl RouteKey {
     }
 }
 
+/// The flow table's sweeper: a thread and the means to stop it.
+#[derive(Debug)]
+struct Housekeeper {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Housekeeper {
+    fn start(flows: Arc<FlowTable>, clock: Instant) -> std::io::Result<Self> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("caracal-flows".into())
+            .spawn(move || {
+                let (lock, cv) = &*s;
+                let mut stopped = lock.lock().expect("housekeeper flag poisoned");
+                loop {
+                    let (g, _) = cv
+                        .wait_timeout(stopped, SWEEP_PERIOD)
+                        .expect("housekeeper flag poisoned");
+                    stopped = g;
+                    if *stopped {
+                        return;
+                    }
+                    let r = flows.sweep(clock.elapsed().as_nanos() as u64);
+                    if r.expired + r.evicted > 0 {
+                        tracing::debug!(
+                            expired = r.expired,
+                            evicted = r.evicted,
+                            live = r.live,
+                            "flow sweep"
+                        );
+                    }
+                }
+            })?;
+        Ok(Housekeeper {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().expect("housekeeper flag poisoned") = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Handle to a running dataplane. Share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Engine {
@@ -164,6 +238,11 @@ pub struct Engine {
     workers: Mutex<Vec<WorkerHandle>>,
     worker_count: usize,
     state: Mutex<State>,
+    flows: Arc<FlowTable>,
+    timeouts: FlowTimeouts,
+    /// The time origin of the workers and the flow table.
+    clock: Instant,
+    housekeeper: Mutex<Housekeeper>,
 }
 
 impl Engine {
@@ -177,9 +256,27 @@ impl Engine {
             hugepages: config.hugepages,
         })?;
         let tables = Arc::new(ArcSwap::from_pointee(Tables::default()));
+        let timeouts = FlowTimeouts::default();
+        let flows = FlowTable::new(&FlowTableConfig {
+            capacity: config.flows,
+            max_handles: config.workers.len() + 1,
+            timeouts: timeouts.clone(),
+            ..FlowTableConfig::default()
+        })?;
+        let clock = Instant::now();
         let mut workers = Vec::with_capacity(config.workers.len());
         for (id, core) in config.workers.iter().enumerate() {
-            match WorkerHandle::spawn(id, *core, config.mode, pool.clone(), tables.clone()) {
+            let handle = flows.register()?;
+            let spawned = WorkerHandle::spawn(
+                id,
+                *core,
+                config.mode,
+                pool.clone(),
+                tables.clone(),
+                handle,
+                clock,
+            );
+            match spawned {
                 Ok(w) => workers.push(w),
                 Err(e) => {
                     for w in &mut workers {
@@ -190,11 +287,22 @@ impl Engine {
                 }
             }
         }
+        let housekeeper = match Housekeeper::start(flows.clone(), clock) {
+            Ok(h) => h,
+            Err(e) => {
+                for w in &mut workers {
+                    w.signal_stop();
+                    w.join();
+                }
+                return Err(EngineError::Worker(e));
+            }
+        };
         tracing::info!(
             workers = workers.len(),
             mode = ?config.mode,
             buffers = pool.total(),
             hugepages = pool.hugepages(),
+            flows = flows.capacity(),
             "dataplane started"
         );
         Ok(Arc::new(Engine {
@@ -212,7 +320,13 @@ impl Engine {
                 adjacencies: AdjacencyTable::default(),
                 fib4: Lpm::new(),
                 fib6: Lpm::new(),
+                policy: PolicyDb::new(),
+                verdicts_since: 0,
             }),
+            flows,
+            timeouts,
+            clock,
+            housekeeper: Mutex::new(housekeeper),
         }))
     }
 
@@ -237,6 +351,14 @@ impl Engine {
         if let Some(existing) = st.interfaces.get(&spec.name) {
             if existing.spec == spec {
                 return Ok(self.info(&st, existing));
+            }
+            let only_the_flag = InterfaceSpec {
+                policy_enforced: spec.policy_enforced,
+                ..existing.spec.clone()
+            } == spec;
+            if only_the_flag {
+                self.set_policy_enforced(&mut st, &spec.name, spec.policy_enforced);
+                return Ok(self.info(&st, &st.interfaces[&spec.name]));
             }
             self.remove_interface(&mut st, &spec.name);
         }
@@ -340,6 +462,14 @@ impl Engine {
                     IpAddr::V4(_) => None,
                 })
                 .collect(),
+            policy: PortPolicy {
+                mode: if spec.policy_enforced {
+                    PolicyMode::NotReady
+                } else {
+                    PolicyMode::Open
+                },
+                since: st.generation + 1,
+            },
         };
         st.ports[id.index()] = Some(entry);
         let iface = Iface {
@@ -396,9 +526,101 @@ impl Engine {
             }
         }
         st.ports[iface.id.index()] = None;
+        st.policy.remove_endpoint(name);
         self.publish(st);
         drop(iface);
         true
+    }
+
+    /// Turns fail-closed on or off for an existing interface.
+    fn set_policy_enforced(&self, st: &mut State, name: &str, enforced: bool) {
+        let iface = st.interfaces.get_mut(name).expect("checked by the caller");
+        iface.spec.policy_enforced = enforced;
+        let id = iface.id;
+        if !st.policy.has_endpoint(name) {
+            let since = st.generation + 1;
+            let entry = st.ports[id.index()].as_mut().expect("interface has a port");
+            entry.policy = PortPolicy {
+                mode: if enforced {
+                    PolicyMode::NotReady
+                } else {
+                    PolicyMode::Open
+                },
+                since,
+            };
+        }
+        self.publish(st);
+        tracing::info!(name, enforced, "interface policy enforcement changed");
+    }
+
+    /// Applies a policy batch as one change: validated whole first, then
+    /// applied and published; returns the generation every worker runs.
+    pub fn apply_policy(&self, batch: PolicyBatch) -> Result<u64, EngineError> {
+        let mut st = self.lock()?;
+        st.policy
+            .validate(&batch, |name| st.interfaces.contains_key(name))?;
+        if batch.is_empty() {
+            return Ok(st.generation);
+        }
+        let State {
+            policy, interfaces, ..
+        } = &mut *st;
+        let dirty = policy.apply(batch, |name| {
+            interfaces.get(name).map_or_else(Vec::new, |i| {
+                i.spec.addresses.iter().map(IpCidr::address).collect()
+            })
+        });
+        let since = st.generation + 1;
+        for name in &dirty {
+            let Some(id) = st.interfaces.get(name).map(|i| i.id) else {
+                continue;
+            };
+            let rules = st.policy.endpoint_rules(name).expect("just compiled");
+            let entry = st.ports[id.index()].as_mut().expect("interface has a port");
+            entry.policy = PortPolicy {
+                mode: PolicyMode::Enforced(rules),
+                since,
+            };
+        }
+        self.publish(&mut st);
+        if !dirty.is_empty() {
+            tracing::debug!(
+                endpoints = dirty.len(),
+                generation = st.generation,
+                "policy applied"
+            );
+        }
+        Ok(st.generation)
+    }
+
+    /// The policy state (all, or what one interface uses), with the
+    /// generation that enforces it.
+    pub fn policy_state(&self, interface: Option<&str>) -> PolicyStateSpec {
+        let st = self.state.lock().expect("engine state poisoned");
+        let mut s = st.policy.state(interface);
+        s.generation = st.generation;
+        s
+    }
+
+    /// The flow table's flows (at most `limit`, 0 for all).
+    pub fn flows(&self, limit: usize) -> Vec<FlowEntry> {
+        let now = self.clock.elapsed().as_nanos() as u64;
+        let mut infos = Vec::new();
+        self.flows.for_each_flow(now, |f| {
+            if limit == 0 || infos.len() < limit {
+                infos.push(f.clone());
+            }
+        });
+        let st = self.state.lock().expect("engine state poisoned");
+        infos
+            .iter()
+            .map(|f| flow_entry(f, &st.policy, &self.timeouts))
+            .collect()
+    }
+
+    /// The flow table, for statistics.
+    pub fn flow_table(&self) -> &Arc<FlowTable> {
+        &self.flows
     }
 
     pub fn interfaces(&self) -> Vec<InterfaceInfo> {
@@ -449,6 +671,8 @@ impl Engine {
             uninstall_route(&mut st, key);
         }
         install_route(&mut st, route)?;
+        // Flows may now leave by another port: decide them again.
+        st.verdicts_since = st.generation + 1;
         self.publish(&mut st);
         Ok(())
     }
@@ -468,6 +692,7 @@ impl Engine {
             Some(_) => {}
         }
         uninstall_route(&mut st, key);
+        st.verdicts_since = st.generation + 1;
         self.publish(&mut st);
         Ok(true)
     }
@@ -511,6 +736,10 @@ impl Engine {
             return;
         }
         st.shut_down = true;
+        self.housekeeper
+            .lock()
+            .expect("housekeeper poisoned")
+            .stop();
         let mut workers = self.workers.lock().expect("worker list poisoned");
         for w in workers.iter() {
             w.signal_stop();
@@ -536,6 +765,7 @@ impl Engine {
             fib6: st.fib6.clone(),
             adjacencies: st.adjacencies.snapshot(),
             ports: Arc::from(st.ports.clone()),
+            verdicts_since: st.verdicts_since,
         };
         self.tables.store(Arc::new(tables));
         let workers = self.workers.lock().expect("worker list poisoned");
@@ -556,6 +786,61 @@ impl Engine {
                 std::thread::sleep(Duration::from_micros(50));
             }
         }
+    }
+}
+
+/// A flow as `ListFlows` reports it.
+fn flow_entry(f: &FlowInfo, policy: &PolicyDb, t: &FlowTimeouts) -> FlowEntry {
+    let s = f.status;
+    let (state, timeout) = match s.l4 {
+        L4State::Tcp(tcp) => {
+            use crate::flow::TcpState as T;
+            let timeout = match tcp {
+                T::SynSent => t.tcp_syn_sent,
+                T::SynRecv => t.tcp_syn_recv,
+                T::Established => t.tcp_established,
+                T::FinWait => t.tcp_fin_wait,
+                T::CloseWait => t.tcp_close_wait,
+                T::LastAck => t.tcp_last_ack,
+                T::TimeWait => t.tcp_time_wait,
+                T::Close => t.tcp_close,
+            };
+            (tcp.name().to_owned(), timeout)
+        }
+        other => {
+            let state = if s.assured {
+                "ASSURED"
+            } else if s.seen_reply {
+                "REPLIED"
+            } else {
+                "UNREPLIED"
+            };
+            let timeout = match other {
+                L4State::Udp if s.assured => t.udp_assured,
+                L4State::Udp => t.udp_unreplied,
+                L4State::Icmp => t.icmp,
+                _ => t.other,
+            };
+            (state.to_owned(), timeout)
+        }
+    };
+    let ms = |ns: u64| u32::try_from(ns / 1_000_000).unwrap_or(u32::MAX);
+    let idle = f.idle_ns;
+    let endpoint = |(a, p): (IpAddr, u16)| SocketAddr::new(a, p).to_string();
+    FlowEntry {
+        protocol: f.key.proto().to_string(),
+        src: endpoint(f.key.src()),
+        dst: endpoint(f.key.dst()),
+        state,
+        allowed: f.verdict.map(|v| v.allowed),
+        rule: f
+            .verdict
+            .map(|v| policy.rule_name(v.rule.0).to_owned())
+            .unwrap_or_default(),
+        packets: f.packets,
+        bytes: f.bytes,
+        idle_ms: ms(idle),
+        expires_ms: ms((timeout.as_nanos() as u64).saturating_sub(idle)),
     }
 }
 

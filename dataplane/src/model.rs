@@ -96,6 +96,9 @@ pub struct InterfaceSpec {
     /// IP MTU of the pod side, bytes.
     pub mtu: u16,
     pub kind: InterfaceKindSpec,
+    /// Fail closed: no IP traffic to or from the interface until its
+    /// endpoint policy arrives.
+    pub policy_enforced: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,4 +229,27 @@ impl CountersSnapshot {
             .map(|(r, n)| (*r, n))
             .collect()
     }
+}
+
+/// One flow of the flow table, as `ListFlows` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// `tcp`, `udp`, `icmp`... or the protocol number.
+    pub protocol: String,
+    /// The originator, `address:port` (`[address]:port` for IPv6).
+    pub src: String,
+    pub dst: String,
+    /// conntrack's state: `ESTABLISHED`, `SYN_SENT`... for TCP;
+    /// `UNREPLIED`, `REPLIED` or `ASSURED` otherwise.
+    pub state: String,
+    /// `None`: no decision recorded.
+    pub allowed: Option<bool>,
+    /// The rule that decided (`default`: the endpoint's default).
+    pub rule: String,
+    /// Original direction, reply direction.
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub idle_ms: u32,
+    /// Time left before the flow expires if it stays idle.
+    pub expires_ms: u32,
 }

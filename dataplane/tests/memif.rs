@@ -39,6 +39,7 @@ fn engine() -> Arc<Engine> {
         mode: WorkerMode::Adaptive,
         buffers: 4096,
         hugepages: false,
+        flows: 4096,
     })
     .unwrap()
 }
@@ -61,6 +62,7 @@ fn pod_spec(name: &str, socket: &str, addr: Ipv4Addr, mac: EthernetAddress) -> I
             buffer_size: 0,
             peer_mac: Some(mac),
         }),
+        policy_enforced: false,
     }
 }
 

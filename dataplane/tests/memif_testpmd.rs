@@ -331,6 +331,7 @@ fn add_memif(
             peer_mac: peer_mac.into(),
             ..pb::MemifSpec::default()
         })),
+        policy_enforced: false,
     };
     block_on(c.add_interface(pb::AddInterfaceRequest { spec: Some(spec) }))
         .unwrap_or_else(|e| panic!("AddInterface {name}: {e}"));

@@ -11,7 +11,7 @@
 //!
 //! Run: `cargo bench -p caracal-perf --bench classify [-- SET_FILTER]`;
 //! `CARACAL_BENCH_QUICK=1` (or `-- --quick`) for a short run. The data
-//! folder is `$CARACAL_CLASSBENCH` (default `/work/shared/classbench`).
+//! folder is `$CARACAL_CLASSBENCH` (default `shared/classbench` beside the repository).
 //!
 //! A custom timing loop (`harness = false`) rather than criterion: the
 //! figures wanted are cycles per lookup and per-edit latencies, printed as

@@ -13,7 +13,7 @@ use caracal_dataplane::buffer::{BufferCache, BufferPool, BufferPoolConfig, Frame
 use caracal_dataplane::graph::{Context, Graph};
 use caracal_dataplane::port::loopback::{LoopbackPort, LoopbackQueue, Sink};
 use caracal_dataplane::port::{Port, PortId, PortQueue};
-use caracal_dataplane::tables::{AdjPath, Adjacency, PortEntry, Tables};
+use caracal_dataplane::tables::{AdjPath, Adjacency, PortEntry, PortPolicy, Tables};
 use caracal_perf::frames;
 use caracal_wire::EthernetAddress;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -61,6 +61,7 @@ fn setup(v6: bool) -> Bench {
         mtu: 1500,
         ipv4: vec![src4].into(),
         ipv6: vec![src6].into(),
+        policy: PortPolicy::default(),
     };
     let mut tables = Tables {
         generation: 1,

@@ -1,16 +1,18 @@
 //! The calculation: from what the agent knows (datastore objects and this
 //! node's endpoints) to the dataplane state it wants. Pure and IO-free.
 //!
-//! Today that is one tap interface per tap endpoint, carrying the
-//! endpoint's addresses (the dataplane installs their host routes with
-//! the interface), and the policy of every such interface: the
-//! NetworkPolicies compiled by [`policy::calculate`]. Services
+//! Today that is one interface per tap or memif endpoint (see [`memif`]
+//! for the latter), carrying the endpoint's addresses (the dataplane
+//! installs their host routes with the interface), and the policy of
+//! every such interface: the NetworkPolicies compiled by
+//! [`policy::calculate`]. Services
 //! (load-balancing tables from Services and EndpointSlices) will be
 //! computed here from the same inputs, into further fields of
 //! [`DataplaneState`].
 
 use super::datastore::Objects;
 use super::endpoints::{Endpoint, Endpoints, InterfaceKind as EndpointKind};
+use super::memif;
 use super::model::{DataplaneState, InterfaceKind, InterfaceSpec, TapSpec};
 use super::policy;
 
@@ -50,13 +52,16 @@ pub fn interface_of(ep: &Endpoint) -> Option<InterfaceSpec> {
             queues: 0,
             configure: true,
         }),
-        EndpointKind::Memif | EndpointKind::VhostUser => return None,
+        EndpointKind::Memif => InterfaceKind::Memif(memif::spec(ep)?),
+        EndpointKind::VhostUser => return None,
     };
     Some(InterfaceSpec {
         name: ep.dataplane_interface.clone(),
         addresses: ep.ips.clone(),
         mtu: ep.mtu,
         kind,
+        // Pods pass nothing until their policy is in place.
+        policy_enforced: true,
     })
 }
 
@@ -78,6 +83,7 @@ mod tests {
             ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
             interface_kind: kind,
             socket_path: None,
+            memif: None,
             dataplane_interface: dataplane_interface_name("default", pod, "eth0"),
             mtu: 1400,
         }
@@ -119,22 +125,33 @@ mod tests {
                     queues: 0,
                     configure: true,
                 }),
+                policy_enforced: true,
             }
         );
     }
 
     #[test]
-    fn socket_kinds_are_not_programmed_yet() {
-        let eps = endpoints(vec![endpoint("m", EndpointKind::Memif, &["10.65.0.3/32"])]);
+    fn memif_endpoints_are_memif_servers_and_vhost_user_is_not_programmed_yet() {
+        let mut m = endpoint("m", EndpointKind::Memif, &["10.65.0.3/32"]);
+        m.socket_path = Some("/run/caracal/memif/default-m/memif.sock".into());
+        let mut no_socket = endpoint("n", EndpointKind::Memif, &["10.65.0.4/32"]);
+        no_socket.socket_path = None;
+        let eps = endpoints(vec![
+            m.clone(),
+            no_socket,
+            endpoint("v", EndpointKind::VhostUser, &["10.65.0.5/32"]),
+        ]);
         let state = desired_state(Inputs {
             objects: &Objects::default(),
             endpoints: &eps,
         });
-        assert!(state.interfaces.is_empty());
-        assert!(
-            state.policy.endpoints.is_empty(),
-            "no interface, no attachment"
-        );
+        let names: Vec<_> = state.interfaces.keys().cloned().collect();
+        assert_eq!(names, ["default/m"]);
+        let spec = &state.interfaces["default/m"];
+        assert_eq!(spec.addresses, m.ips);
+        assert_eq!(spec.kind, InterfaceKind::Memif(memif::spec(&m).unwrap()));
+        let attached: Vec<_> = state.policy.endpoints.keys().cloned().collect();
+        assert_eq!(attached, ["default/m"], "no interface, no attachment");
     }
 
     #[test]

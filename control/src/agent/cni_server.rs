@@ -2,10 +2,11 @@
 //!
 //! ADD looks the pod up in the datastore (waiting briefly if the watch is
 //! behind), picks its interface kind and pools from annotations, asks IPAM
-//! for addresses under the handle `<container id>.<ifname>`, records the
-//! endpoint, and returns once the sync loop has made the dataplane run
-//! it. A failed ADD undoes what it did: no address, no endpoint, no
-//! interface is left behind. DEL undoes an ADD and succeeds when there is
+//! for addresses under the handle `<container id>.<ifname>`, makes a memif
+//! pod's socket folder ([`memif`]), records the endpoint, and returns once
+//! the sync loop has made the dataplane run it. A failed ADD undoes what
+//! it did: no address, no endpoint, no interface, no socket folder is left
+//! behind. DEL undoes an ADD and succeeds when there is
 //! nothing to undo. CHECK compares the endpoint, the dataplane's interface
 //! and IPAM's record. GC releases every attachment the runtime no longer
 //! knows, then leaked addresses of pods the datastore no longer has.
@@ -16,6 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -32,6 +34,7 @@ use super::endpoints::{
     dataplane_interface_name, Endpoint, EndpointError, EndpointKey, InterfaceKind,
     UnknownInterfaceKind,
 };
+use super::memif::{self, MemifError};
 use super::model::InterfaceSpec;
 use super::pools::{self, pool_choice, BadPoolAnnotation};
 use super::sync::WaitError;
@@ -99,6 +102,15 @@ pub enum CniError {
         "pod {pod}: interface kind {kind} is not supported yet (annotation {INTERFACE_ANNOTATION})"
     )]
     Unsupported { pod: String, kind: InterfaceKind },
+    #[error("pod {pod}: {source}")]
+    Memif { pod: String, source: MemifError },
+    /// Another pod's memif socket has the same path.
+    #[error("pod {pod}: memif socket {socket} is pod {owner}'s")]
+    SocketTaken {
+        pod: String,
+        socket: String,
+        owner: String,
+    },
     #[error("IP pools: {0}")]
     Pools(IpamError),
     #[error("IPAM: {0}")]
@@ -122,6 +134,13 @@ impl From<CniError> for Status {
             | CniError::BadPoolAnnotation(_)
             | CniError::BadInterfaceKind { .. }
             | CniError::Unsupported { .. } => Code::InvalidArgument,
+            CniError::Memif { source, .. } => match source {
+                MemifError::BadAnnotation { .. } | MemifError::PathTooLong { .. } => {
+                    Code::InvalidArgument
+                }
+                MemifError::Folder { .. } => Code::Internal,
+            },
+            CniError::SocketTaken { .. } => Code::AlreadyExists,
             CniError::NotReady(_) => Code::Unavailable,
             CniError::PodNotFound { .. } | CniError::Missing(_) => Code::NotFound,
             CniError::Pools(_) | CniError::Mismatch(_) => Code::FailedPrecondition,
@@ -182,17 +201,42 @@ impl<S: IpamStore> CniService<S> {
         let (objects, pod) = self.find_pod(&req.pod_namespace, &req.pod_name).await?;
         let pod_name = format!("{}/{}", req.pod_namespace, req.pod_name);
         let kind = interface_kind(&pod, &pod_name)?;
-        if kind != InterfaceKind::Tap {
-            return Err(CniError::Unsupported {
-                pod: pod_name,
-                kind,
-            });
-        }
-        if req.netns.is_empty() {
-            return Err(CniError::BadRequest(
-                "netns is required for a tap interface".into(),
-            ));
-        }
+        let dataplane_interface =
+            dataplane_interface_name(&req.pod_namespace, &req.pod_name, &key.ifname);
+        let (socket_path, memif) = match kind {
+            InterfaceKind::Tap if req.netns.is_empty() => {
+                return Err(CniError::BadRequest(
+                    "netns is required for a tap interface".into(),
+                ))
+            }
+            InterfaceKind::Tap => (None, None),
+            // The netns, if any, is the pod's; a memif pod has no kernel
+            // interface in it.
+            InterfaceKind::Memif => {
+                let memif_error = |source| CniError::Memif {
+                    pod: pod_name.clone(),
+                    source,
+                };
+                let options = memif::options(&pod).map_err(memif_error)?;
+                let socket = memif::socket_path(
+                    &self.ctx.memif_dir,
+                    &req.pod_namespace,
+                    &req.pod_name,
+                    &key.ifname,
+                )
+                .map_err(memif_error)?
+                .to_string_lossy()
+                .into_owned();
+                self.check_socket_free(&socket, &dataplane_interface, &pod_name)?;
+                (Some(socket), Some(options))
+            }
+            InterfaceKind::VhostUser => {
+                return Err(CniError::Unsupported {
+                    pod: pod_name,
+                    kind,
+                })
+            }
+        };
         let mtu = self.mtu(req.mtu)?;
         let choice = pool_choice(&pod, objects.namespace(&req.pod_namespace))?;
         self.apply_pools(&objects)?;
@@ -224,6 +268,16 @@ impl<S: IpamStore> CniService<S> {
                 "mtu {mtu} is below IPv6's minimum of {MIN_IPV6_MTU} (RFC 8200)"
             )));
         }
+        if let Some(socket) = &socket_path {
+            // Before the dataplane binds the socket in it.
+            if let Err(source) = memif::create_folder(Path::new(socket)) {
+                self.release(&key).await;
+                return Err(CniError::Memif {
+                    pod: pod_name,
+                    source,
+                });
+            }
+        }
         let endpoint = Endpoint {
             container_id: key.container_id.clone(),
             ifname: key.ifname.clone(),
@@ -233,12 +287,9 @@ impl<S: IpamStore> CniService<S> {
             pod_uid: req.pod_uid.clone(),
             ips,
             interface_kind: kind,
-            socket_path: None,
-            dataplane_interface: dataplane_interface_name(
-                &req.pod_namespace,
-                &req.pod_name,
-                &key.ifname,
-            ),
+            socket_path: socket_path.clone(),
+            memif,
+            dataplane_interface,
             mtu,
         };
         match self.attach(endpoint).await {
@@ -251,6 +302,9 @@ impl<S: IpamStore> CniService<S> {
                 warn!(pod = %pod_name, container = %key.container_id, error = %e,
                     "ADD failed; undoing it");
                 self.detach(&key).await;
+                if let Some(socket) = &socket_path {
+                    self.release_socket(socket);
+                }
                 Err(e)
             }
         }
@@ -318,6 +372,40 @@ impl<S: IpamStore> CniService<S> {
         }
     }
 
+    /// Refuses a memif socket path that another pod's endpoint has (two
+    /// pods whose `<namespace>-<pod>` spell the same).
+    fn check_socket_free(
+        &self,
+        socket: &str,
+        dataplane_interface: &str,
+        pod: &str,
+    ) -> Result<(), CniError> {
+        match self.ctx.endpoints.snapshot().values().find(|e| {
+            e.socket_path.as_deref() == Some(socket) && e.dataplane_interface != dataplane_interface
+        }) {
+            Some(owner) => Err(CniError::SocketTaken {
+                pod: pod.to_owned(),
+                socket: socket.to_owned(),
+                owner: format!("{}/{}", owner.namespace, owner.pod),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes a memif socket and its folder unless an endpoint (a newer
+    /// sandbox of the same pod) still has it.
+    fn release_socket(&self, socket: &str) {
+        let in_use = self
+            .ctx
+            .endpoints
+            .snapshot()
+            .values()
+            .any(|e| e.socket_path.as_deref() == Some(socket));
+        if !in_use {
+            memif::remove_folder(Path::new(socket));
+        }
+    }
+
     fn mtu(&self, requested: u32) -> Result<u16, CniError> {
         let mtu = match requested {
             0 => u32::from(self.ctx.default_mtu),
@@ -379,6 +467,9 @@ impl<S: IpamStore> CniService<S> {
                     warn!(key = %key, error = %e,
                         "the dataplane has not dropped the interface yet; the sync loop will");
                 }
+            }
+            if let Some(socket) = &ep.socket_path {
+                self.release_socket(socket);
             }
         } else if !released.is_empty() {
             info!(key = %key, ips = ?released, "released addresses of an unknown attachment");
@@ -462,6 +553,13 @@ impl<S: IpamStore> CniService<S> {
                 "the dataplane's interface {:?} is not as attached: {have:?}",
                 ep.dataplane_interface
             )));
+        }
+        if let Some(socket) = &ep.socket_path {
+            if !memif::socket_exists(Path::new(socket)) {
+                return Err(CniError::Missing(format!(
+                    "the memif socket {socket} of attachment {key} is gone"
+                )));
+            }
         }
         Ok(())
     }
@@ -804,6 +902,7 @@ mod tests {
             ],
             interface_kind: InterfaceKind::Tap,
             socket_path: None,
+            memif: None,
             dataplane_interface: "ns/p".into(),
             mtu: 1500,
         };

@@ -2,6 +2,7 @@
 //! datastore, the endpoints and the sync loop, and the readiness rule
 //! built from them.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::datastore::{SourceHandle, Store};
@@ -22,6 +23,8 @@ pub struct Context {
     pub default_pools: Vec<IpPool>,
     /// MTU of pod interfaces when the CNI configuration sets none, bytes.
     pub default_mtu: u16,
+    /// Folder of the memif pods' socket folders.
+    pub memif_dir: PathBuf,
 }
 
 impl Context {

@@ -22,6 +22,7 @@ use super::datastore::dir::DirSource;
 use super::datastore::kube::{KubeSource, KubeSourceError};
 use super::datastore::{DatastoreSpec, Store};
 use super::endpoints::{EndpointError, EndpointRegistry};
+use super::memif;
 use super::pools::default_pool;
 use super::revision::Revision;
 use super::socket::{self, SocketError};
@@ -52,6 +53,9 @@ pub struct AgentConfig {
     pub default_ipv6_pool: Option<IpNet>,
     /// Pod MTU when the CNI configuration sets none, bytes.
     pub mtu: u16,
+    /// Where memif pods' sockets go, a folder per pod (see
+    /// [`memif`]).
+    pub memif_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +87,15 @@ pub async fn run(
     )?);
     info!(node = %config.node, datastore = %config.datastore,
         endpoints = endpoints.snapshot().len(), "starting");
+    // The folders of the memif sockets the dataplane is to serve (gone
+    // if /run was emptied by a reboot, say).
+    for ep in endpoints.snapshot().values() {
+        if let Some(socket) = &ep.socket_path {
+            if let Err(e) = memif::create_folder(Path::new(socket)) {
+                warn!(key = %ep.key(), error = %e, "cannot make the memif socket folder");
+            }
+        }
+    }
 
     // Bind first: a second agent on the same socket fails here, before it
     // touches the datastore or the dataplane.
@@ -122,6 +135,7 @@ pub async fn run(
         sync,
         default_pools,
         default_mtu: config.mtu,
+        memif_dir: config.memif_dir.clone(),
     });
 
     let served = match kube_client {

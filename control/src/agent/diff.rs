@@ -119,6 +119,7 @@ mod tests {
                 queues: 0,
                 configure: true,
             }),
+            policy_enforced: true,
         }
     }
 

@@ -128,10 +128,29 @@ pub struct Endpoint {
     /// Path of the memif/vhost-user socket; `None` for taps.
     #[serde(default)]
     pub socket_path: Option<String>,
+    /// The memif settings the pod asked for; `None` unless a memif.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memif: Option<MemifOptions>,
     /// The dataplane interface's name.
     pub dataplane_interface: String,
     /// IP MTU of the pod side, bytes.
     pub mtu: u16,
+}
+
+/// What a memif pod may choose by annotation (see
+/// [`memif`](super::memif)); everything else about its interface is fixed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemifOptions {
+    /// Shared secret the application must present; `None`: no secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Queue pairs; 0: one per dataplane worker.
+    #[serde(default)]
+    pub queues: u32,
+    /// Largest ring the dataplane accepts, descriptors; 0: the
+    /// dataplane's maximum.
+    #[serde(default)]
+    pub ring_size: u32,
 }
 
 impl Endpoint {
@@ -303,6 +322,7 @@ mod tests {
             ips: vec!["10.65.0.5/32".parse().unwrap()],
             interface_kind: InterfaceKind::Tap,
             socket_path: None,
+            memif: None,
             dataplane_interface: dataplane_interface_name("default", pod, "eth0"),
             mtu: 1500,
         }

@@ -12,7 +12,7 @@
 //! - [`datastore`]: the sources (kube-rs watchers, or a folder of
 //!   manifests) and the in-memory [`datastore::Store`] of typed objects.
 //! - [`endpoints`]: this node's pod attachments, persisted under the state
-//!   folder.
+//!   folder; [`memif`]: what a memif pod's attachment is made of.
 //! - [`revision`]: the counter every change advances, and which the sync
 //!   reports as synced once the dataplane runs it.
 //! - [`calc`], [`diff`], [`model`], [`pools`], [`policy`]: the pure
@@ -34,6 +34,7 @@ pub mod dataplane;
 pub mod datastore;
 pub mod diff;
 pub mod endpoints;
+pub mod memif;
 pub mod model;
 pub mod policy;
 pub mod policy_sync;

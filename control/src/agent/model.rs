@@ -31,11 +31,15 @@ pub struct InterfaceSpec {
     /// IP MTU of the pod side, bytes.
     pub mtu: u16,
     pub kind: InterfaceKind,
+    /// The dataplane holds the interface closed until its policy
+    /// attachment arrives (fail closed); true for pods.
+    pub policy_enforced: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InterfaceKind {
     Tap(TapSpec),
+    Memif(MemifSpec),
     /// Something the agent cannot describe (a kind it does not know, or a
     /// spec it cannot read): never what the agent wants.
     Unknown(String),
@@ -53,6 +57,77 @@ pub struct TapSpec {
     /// Whether the dataplane also configures the pod side (addresses,
     /// MTU, gateway routes).
     pub configure: bool,
+}
+
+/// A memif interface. The API's unspecified enum values are spelled out
+/// (server, ethernet, interrupt), as the dataplane reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemifSpec {
+    /// Control socket: an absolute path, or `@name` (abstract).
+    pub socket: String,
+    pub role: pb::MemifRole,
+    /// Interface id on the socket.
+    pub id: u32,
+    /// Empty: no secret.
+    pub secret: String,
+    /// Queue pairs; 0 = one per dataplane worker.
+    pub queues: u32,
+    pub mode: pb::MemifMode,
+    /// Descriptors per ring; 0 = the role's default.
+    pub ring_size: u32,
+    /// Bytes per buffer (client role); 0 = the default.
+    pub buffer_size: u32,
+    pub rx_mode: pb::MemifRxMode,
+    /// The peer's MAC in lower case; empty = broadcast.
+    pub peer_mac: String,
+}
+
+impl MemifSpec {
+    fn to_proto(&self) -> pb::MemifSpec {
+        pb::MemifSpec {
+            socket: self.socket.clone(),
+            role: self.role as i32,
+            id: self.id,
+            secret: self.secret.clone(),
+            queues: self.queues,
+            mode: self.mode as i32,
+            ring_size: self.ring_size,
+            buffer_size: self.buffer_size,
+            rx_mode: self.rx_mode as i32,
+            peer_mac: self.peer_mac.clone(),
+        }
+    }
+
+    /// `m` with its defaults filled in; what cannot be read, as `Err`.
+    fn from_proto(m: pb::MemifSpec) -> Result<Self, String> {
+        let role = match pb::MemifRole::try_from(m.role) {
+            Ok(pb::MemifRole::Unspecified) => pb::MemifRole::Server,
+            Ok(r) => r,
+            Err(_) => return Err(format!("memif role {}", m.role)),
+        };
+        let mode = match pb::MemifMode::try_from(m.mode) {
+            Ok(pb::MemifMode::Unspecified) => pb::MemifMode::Ethernet,
+            Ok(r) => r,
+            Err(_) => return Err(format!("memif mode {}", m.mode)),
+        };
+        let rx_mode = match pb::MemifRxMode::try_from(m.rx_mode) {
+            Ok(pb::MemifRxMode::Unspecified) => pb::MemifRxMode::Interrupt,
+            Ok(r) => r,
+            Err(_) => return Err(format!("memif rx mode {}", m.rx_mode)),
+        };
+        Ok(MemifSpec {
+            socket: m.socket,
+            role,
+            id: m.id,
+            secret: m.secret,
+            queues: m.queues,
+            mode,
+            ring_size: m.ring_size,
+            buffer_size: m.buffer_size,
+            rx_mode,
+            peer_mac: m.peer_mac.to_ascii_lowercase(),
+        })
+    }
 }
 
 /// A route the agent adds through the routes API (origin "api"); the
@@ -95,6 +170,7 @@ impl InterfaceSpec {
                 queues: t.queues,
                 configure: t.configure,
             })),
+            InterfaceKind::Memif(m) => Some(pb::interface_spec::Kind::Memif(m.to_proto())),
             InterfaceKind::Unknown(_) => None,
         };
         pb::InterfaceSpec {
@@ -102,6 +178,7 @@ impl InterfaceSpec {
             addresses: self.addresses.iter().map(ToString::to_string).collect(),
             mtu: u32::from(self.mtu),
             kind,
+            policy_enforced: self.policy_enforced,
         }
     }
 
@@ -141,9 +218,9 @@ impl InterfaceSpec {
                 queues: t.queues,
                 configure: t.configure,
             }),
-            // Kinds the agent does not program (yet) never match a
-            // wanted spec.
-            Some(other) => InterfaceKind::Unknown(format!("{other:?}")),
+            Some(pb::interface_spec::Kind::Memif(m)) => {
+                MemifSpec::from_proto(m).map_or_else(InterfaceKind::Unknown, InterfaceKind::Memif)
+            }
             None => InterfaceKind::Unknown("no kind".into()),
         };
         InterfaceSpec {
@@ -151,6 +228,7 @@ impl InterfaceSpec {
             addresses,
             mtu,
             kind,
+            policy_enforced: spec.policy_enforced,
         }
     }
 }
@@ -238,6 +316,7 @@ mod tests {
                 queues: 0,
                 configure: true,
             }),
+            policy_enforced: true,
         }
     }
 

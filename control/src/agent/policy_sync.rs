@@ -11,11 +11,9 @@
 //! closed until then (fail closed), and the wait is one call long.
 //! Attachments go only to interfaces the dataplane has.
 //!
-//! FALLBACK(policy-unimplemented): a dataplane without the Policy service
-//! (UNIMPLEMENTED) is warned about once, and its policy counts as synced
-//! although nothing is enforced, so that the lab keeps working on today's
-//! dataplane. Remove every piece marked FALLBACK(policy-unimplemented)
-//! once the dataplane serves `caracal.dataplane.v1.Policy`.
+//! A dataplane that refuses the batch, or does not serve the Policy
+//! service at all, leaves the round unsynced: pods stay closed rather than
+//! run unpoliced.
 //!
 //! [`policy::diff`]: super::policy::diff()
 
@@ -33,9 +31,6 @@ use super::sync::Failure;
 pub enum PolicyOutcome {
     /// The dataplane runs the desired policy.
     Synced,
-    /// FALLBACK(policy-unimplemented): the dataplane has no Policy
-    /// service; nothing is enforced.
-    Unenforced,
     /// The dataplane refused the batch (or its state could not be read);
     /// `interfaces` are those whose attachments the batch carried.
     Refused {
@@ -51,19 +46,12 @@ pub struct PolicySync {
     /// What the dataplane runs, as far as this connection knows; `None`:
     /// read it before the next batch.
     known: Option<DesiredPolicy>,
-    /// FALLBACK(policy-unimplemented): this connection's dataplane has no
-    /// Policy service.
-    unimplemented: bool,
-    /// FALLBACK(policy-unimplemented): the warning was given (once per
-    /// agent, not per connection).
-    warned: bool,
 }
 
 impl PolicySync {
     /// A new connection: nothing is known of it.
     pub fn connected(&mut self) {
         self.known = None;
-        self.unimplemented = false;
     }
 
     /// Reads the dataplane's state again before the next batch (the
@@ -83,14 +71,11 @@ impl PolicySync {
         touched: &BTreeSet<String>,
         present: &BTreeMap<String, pb::Interface>,
     ) -> PolicyOutcome {
-        if self.unimplemented {
-            return PolicyOutcome::Unenforced;
-        }
         let mut known = match self.known.take() {
             Some(known) => known,
             None => match conn.policy_state().await {
                 Ok(state) => DesiredPolicy::from_state(state),
-                Err(s) => return self.failed(&s, Vec::new()),
+                Err(s) => return failed(&s, Vec::new()),
             },
         };
         known
@@ -123,34 +108,22 @@ impl PolicySync {
                 self.known = Some(want);
                 PolicyOutcome::Synced
             }
-            Err(s) => self.failed(&s, interfaces),
+            Err(s) => failed(&s, interfaces),
         }
     }
+}
 
-    fn failed(&mut self, status: &tonic::Status, interfaces: Vec<String>) -> PolicyOutcome {
-        if is_disconnect(status) {
-            return PolicyOutcome::Disconnected;
-        }
-        // FALLBACK(policy-unimplemented): begin.
-        if status.code() == tonic::Code::Unimplemented {
-            if !self.warned {
-                warn!(
-                    "the dataplane does not implement the Policy service: \
-                     NetworkPolicies are NOT enforced"
-                );
-                self.warned = true;
-            }
-            self.unimplemented = true;
-            return PolicyOutcome::Unenforced;
-        }
-        // FALLBACK(policy-unimplemented): end.
-        warn!(code = ?status.code(), error = %status.message(), "the dataplane refused policy");
-        PolicyOutcome::Refused {
-            failure: Failure {
-                code: status.code(),
-                message: status.message().to_owned(),
-            },
-            interfaces,
-        }
+/// What a failed call means for the round.
+fn failed(status: &tonic::Status, interfaces: Vec<String>) -> PolicyOutcome {
+    if is_disconnect(status) {
+        return PolicyOutcome::Disconnected;
+    }
+    warn!(code = ?status.code(), error = %status.message(), "the dataplane refused policy");
+    PolicyOutcome::Refused {
+        failure: Failure {
+            code: status.code(),
+            message: status.message().to_owned(),
+        },
+        interfaces,
     }
 }

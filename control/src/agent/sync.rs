@@ -85,10 +85,6 @@ pub struct SyncStatus {
     /// policy batch, which also fails every interface whose attachment it
     /// carried).
     pub failures: BTreeMap<String, Failure>,
-    /// FALLBACK(policy-unimplemented): the dataplane does not implement
-    /// the Policy service, so NetworkPolicies are not enforced (and do
-    /// not hold back `synced_revision`).
-    pub policy_unenforced: bool,
     /// The dataplane's interfaces after the latest reconcile, by name
     /// (shared: a status is cloned often).
     pub interfaces: Arc<BTreeMap<String, pb::Interface>>,
@@ -236,7 +232,6 @@ impl SyncLoop {
                 s.synced_revision = 0;
                 s.attempted_revision = 0;
                 s.failures.clear();
-                s.policy_unenforced = false;
                 s.interfaces = Arc::default();
             });
             warn!("lost the dataplane connection; reconnecting");
@@ -349,9 +344,8 @@ impl SyncLoop {
             .policy
             .reconcile(conn, revision, &desired.policy, &touched, &present)
             .await;
-        let unenforced = match outcome {
-            PolicyOutcome::Synced => false,
-            PolicyOutcome::Unenforced => true,
+        match outcome {
+            PolicyOutcome::Synced => {}
             PolicyOutcome::Disconnected => return Reconciled::Disconnected,
             PolicyOutcome::Refused {
                 failure,
@@ -361,9 +355,8 @@ impl SyncLoop {
                     failures.entry(name).or_insert_with(|| failure.clone());
                 }
                 failures.insert(POLICY_FAILURE.to_owned(), failure);
-                false
             }
-        };
+        }
         let done = failures.is_empty();
         self.status.send_modify(|s| {
             s.attempted_revision = revision;
@@ -371,7 +364,6 @@ impl SyncLoop {
                 s.synced_revision = revision;
             }
             s.failures = failures;
-            s.policy_unenforced = unenforced;
             s.interfaces = Arc::new(interfaces);
         });
         if done {

@@ -8,7 +8,7 @@
 //! caracal-agent --datastore kubernetes|dir:PATH [--node NAME]
 //!               [--state-dir DIR] [--socket PATH] [--dataplane-socket PATH]
 //!               [--default-ipv4-pool CIDR|none] [--default-ipv6-pool CIDR|none]
-//!               [--mtu BYTES]
+//!               [--mtu BYTES] [--memif-dir DIR]
 //! caracal-agent --print-crds
 //! ```
 
@@ -65,6 +65,12 @@ struct Cli {
           value_parser = clap::value_parser!(u16).range(576..=9000))]
     mtu: u16,
 
+    /// Folder for memif pods' sockets: `<DIR>/<namespace>-<pod>/memif.sock`
+    /// (an absolute path; socket paths are limited to 107 bytes).
+    #[arg(long, value_name = "DIR", default_value = caracal_control::agent::memif::DEFAULT_DIR,
+          value_parser = absolute_dir)]
+    memif_dir: PathBuf,
+
     /// Print the CustomResourceDefinitions of the caracal.io kinds (YAML)
     /// and exit.
     #[arg(long)]
@@ -92,6 +98,15 @@ fn default_pool(flag: &str, value: &str, v4: bool) -> anyhow::Result<Option<IpNe
         );
     }
     Ok(Some(net))
+}
+
+fn absolute_dir(value: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(value);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(format!("{value:?} is not an absolute path"))
+    }
 }
 
 fn hostname() -> anyhow::Result<String> {
@@ -131,6 +146,7 @@ fn main() -> anyhow::Result<()> {
         default_ipv4_pool: default_pool("default-ipv4-pool", &cli.default_ipv4_pool, true)?,
         default_ipv6_pool: default_pool("default-ipv6-pool", &cli.default_ipv6_pool, false)?,
         mtu: cli.mtu,
+        memif_dir: cli.memif_dir,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -254,6 +254,8 @@ impl MemifArgs {
                 } as i32,
                 peer_mac: self.peer_mac.clone().unwrap_or_default(),
             })),
+            // Hand-made interfaces pass traffic without policy.
+            policy_enforced: false,
         })
     }
 }
@@ -273,6 +275,7 @@ impl TapArgs {
                 queues: self.queues,
                 configure: self.configure,
             })),
+            policy_enforced: false,
         })
     }
 }
@@ -571,6 +574,7 @@ mod tests {
         assert_eq!(
             tap.spec().unwrap(),
             pb::InterfaceSpec {
+                policy_enforced: false,
                 name: "default/web-0".into(),
                 addresses: vec!["10.65.0.5/32".into(), "fd00:65::5/128".into()],
                 mtu: 9000,
@@ -638,6 +642,7 @@ mod tests {
         assert_eq!(
             m.spec().unwrap(),
             pb::InterfaceSpec {
+                policy_enforced: false,
                 name: "default/dpdk-0".into(),
                 addresses: vec!["10.65.0.6/32".into()],
                 mtu: 1500,

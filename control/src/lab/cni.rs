@@ -26,12 +26,23 @@ pub struct Attachment<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
     #[error("cannot run {plugin}: {source}")]
-    Spawn { plugin: String, source: std::io::Error },
+    Spawn {
+        plugin: String,
+        source: std::io::Error,
+    },
     /// The plugin's own error report (spec error JSON).
     #[error("CNI {command} failed: code {code}: {msg}{}", if details.is_empty() { String::new() } else { format!(" ({details})") })]
-    Plugin { command: &'static str, code: u64, msg: String, details: String },
+    Plugin {
+        command: &'static str,
+        code: u64,
+        msg: String,
+        details: String,
+    },
     #[error("CNI {command}: unreadable output {output:?}")]
-    Output { command: &'static str, output: String },
+    Output {
+        command: &'static str,
+        output: String,
+    },
 }
 
 /// The network configuration the lab hands the plugin.
@@ -74,17 +85,25 @@ pub fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| CniError::Spawn { plugin: plugin.display().to_string(), source })?;
+        .map_err(|source| CniError::Spawn {
+            plugin: plugin.display().to_string(),
+            source,
+        })?;
     let input = serde_json::to_vec(config).expect("JSON value serializes");
     if let Some(mut stdin) = child.stdin.take() {
         // A plugin that exits early closes its stdin; its output says why.
         let _ = stdin.write_all(&input);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| CniError::Spawn { plugin: plugin.display().to_string(), source })?;
+    let out = child.wait_with_output().map_err(|source| CniError::Spawn {
+        plugin: plugin.display().to_string(),
+        source,
+    })?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let parsed: Option<Value> = if stdout.trim().is_empty() { Some(Value::Null) } else { serde_json::from_str(&stdout).ok() };
+    let parsed: Option<Value> = if stdout.trim().is_empty() {
+        Some(Value::Null)
+    } else {
+        serde_json::from_str(&stdout).ok()
+    };
     match (out.status.success(), parsed) {
         (true, Some(v)) => Ok(v),
         (false, Some(v)) if v.get("code").is_some() => Err(CniError::Plugin {
@@ -121,7 +140,10 @@ pub fn parse_add_result(v: &Value) -> AddResult {
         })
         .unwrap_or_default();
     let iface = v["interfaces"].as_array().and_then(|a| a.first());
-    let socket = iface.and_then(|i| i["socketPath"].as_str()).filter(|s| !s.is_empty()).map(str::to_owned);
+    let socket = iface
+        .and_then(|i| i["socketPath"].as_str())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
     AddResult { ips, socket }
 }
 
@@ -151,7 +173,10 @@ mod tests {
         assert_eq!(r.socket, None);
         let mut m = v.clone();
         m["interfaces"][0]["socketPath"] = json!("/run/caracal/memif/default-x.sock");
-        assert_eq!(parse_add_result(&m).socket.as_deref(), Some("/run/caracal/memif/default-x.sock"));
+        assert_eq!(
+            parse_add_result(&m).socket.as_deref(),
+            Some("/run/caracal/memif/default-x.sock")
+        );
     }
 
     #[test]

@@ -31,9 +31,16 @@ const CLUSTER_SCOPED: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} document {doc}: {msg}")]
-    Invalid { path: PathBuf, doc: usize, msg: String },
+    Invalid {
+        path: PathBuf,
+        doc: usize,
+        msg: String,
+    },
 }
 
 /// Identity of an object: what kubectl apply/delete match on.
@@ -58,8 +65,17 @@ impl fmt::Display for ObjectKey {
 impl ObjectKey {
     /// File name of the object in the watched folder.
     pub fn file_name(&self) -> String {
-        let ns = if self.namespace.is_empty() { "_" } else { &self.namespace };
-        format!("{}.{}.{}.yaml", self.kind.to_ascii_lowercase(), ns, self.name)
+        let ns = if self.namespace.is_empty() {
+            "_"
+        } else {
+            &self.namespace
+        };
+        format!(
+            "{}.{}.{}.yaml",
+            self.kind.to_ascii_lowercase(),
+            ns,
+            self.name
+        )
     }
 }
 
@@ -73,21 +89,29 @@ pub struct Object {
 
 impl Object {
     fn from_value(mut value: Value, path: &Path, doc: usize) -> Result<Object, ManifestError> {
-        let invalid = |msg: String| ManifestError::Invalid { path: path.to_owned(), doc, msg };
-        let obj = value.as_object_mut().ok_or_else(|| invalid("not a mapping".into()))?;
-        let field = |o: &serde_json::Map<String, Value>, f: &str| -> Result<String, ManifestError> {
-            match o.get(f) {
-                Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-                _ => Err(invalid(format!("{f}: required string missing"))),
-            }
+        let invalid = |msg: String| ManifestError::Invalid {
+            path: path.to_owned(),
+            doc,
+            msg,
         };
+        let obj = value
+            .as_object_mut()
+            .ok_or_else(|| invalid("not a mapping".into()))?;
+        let field =
+            |o: &serde_json::Map<String, Value>, f: &str| -> Result<String, ManifestError> {
+                match o.get(f) {
+                    Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+                    _ => Err(invalid(format!("{f}: required string missing"))),
+                }
+            };
         field(obj, "apiVersion")?;
         let kind = field(obj, "kind")?;
         let meta = obj
             .get_mut("metadata")
             .and_then(Value::as_object_mut)
             .ok_or_else(|| invalid(format!("{kind}: metadata: required mapping missing")))?;
-        let name = field(meta, "name").map_err(|_| invalid(format!("{kind}: metadata.name: required string missing")))?;
+        let name = field(meta, "name")
+            .map_err(|_| invalid(format!("{kind}: metadata.name: required string missing")))?;
         let namespace = if CLUSTER_SCOPED.contains(&kind.as_str()) {
             String::new()
         } else {
@@ -97,14 +121,28 @@ impl Object {
                     meta.insert("namespace".into(), Value::String("default".into()));
                     "default".into()
                 }
-                Some(_) => return Err(invalid(format!("{kind} {name}: metadata.namespace: must be a string"))),
+                Some(_) => {
+                    return Err(invalid(format!(
+                        "{kind} {name}: metadata.namespace: must be a string"
+                    )))
+                }
             }
         };
-        Ok(Object { key: ObjectKey { kind, namespace, name }, value })
+        Ok(Object {
+            key: ObjectKey {
+                kind,
+                namespace,
+                name,
+            },
+            value,
+        })
     }
 
     pub fn annotation(&self, key: &str) -> Option<&str> {
-        self.value.pointer("/metadata/annotations")?.get(key)?.as_str()
+        self.value
+            .pointer("/metadata/annotations")?
+            .get(key)?
+            .as_str()
     }
 }
 
@@ -113,19 +151,22 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Object>, ManifestError> {
     let mut out = Vec::new();
     let is_json = path.extension().is_some_and(|e| e == "json");
     let docs: Vec<Value> = if is_json {
-        vec![serde_json::from_str(text).map_err(|e| ManifestError::Invalid {
-            path: path.to_owned(),
-            doc: 1,
-            msg: e.to_string(),
-        })?]
+        vec![
+            serde_json::from_str(text).map_err(|e| ManifestError::Invalid {
+                path: path.to_owned(),
+                doc: 1,
+                msg: e.to_string(),
+            })?,
+        ]
     } else {
         let mut docs = Vec::new();
         for (i, d) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let v: serde_yaml::Value = serde::Deserialize::deserialize(d).map_err(|e| ManifestError::Invalid {
-                path: path.to_owned(),
-                doc: i + 1,
-                msg: e.to_string(),
-            })?;
+            let v: serde_yaml::Value =
+                serde::Deserialize::deserialize(d).map_err(|e| ManifestError::Invalid {
+                    path: path.to_owned(),
+                    doc: i + 1,
+                    msg: e.to_string(),
+                })?;
             if v.is_null() {
                 continue; // an empty document, e.g. after a trailing `---`
             }
@@ -139,7 +180,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Object>, ManifestError> {
     };
     for (i, v) in docs.into_iter().enumerate() {
         if v.get("kind").and_then(Value::as_str) == Some("List") {
-            for item in v.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
+            for item in v
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+            {
                 out.push(Object::from_value(item, path, i + 1)?);
             }
         } else {
@@ -157,7 +203,10 @@ pub fn load(path: &Path) -> Result<BTreeMap<ObjectKey, Object>, ManifestError> {
     files.sort();
     let mut objects = BTreeMap::new();
     for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|source| ManifestError::Io { path: f.clone(), source })?;
+        let text = std::fs::read_to_string(&f).map_err(|source| ManifestError::Io {
+            path: f.clone(),
+            source,
+        })?;
         for o in parse(&f, &text)? {
             objects.insert(o.key.clone(), o);
         }
@@ -166,17 +215,31 @@ pub fn load(path: &Path) -> Result<BTreeMap<ObjectKey, Object>, ManifestError> {
 }
 
 fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
-    let meta = std::fs::metadata(path).map_err(|source| ManifestError::Io { path: path.to_owned(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| ManifestError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     if meta.is_file() {
         out.push(path.to_owned());
         return Ok(());
     }
-    let rd = std::fs::read_dir(path).map_err(|source| ManifestError::Io { path: path.to_owned(), source })?;
+    let rd = std::fs::read_dir(path).map_err(|source| ManifestError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     for entry in rd {
-        let p = entry.map_err(|source| ManifestError::Io { path: path.to_owned(), source })?.path();
+        let p = entry
+            .map_err(|source| ManifestError::Io {
+                path: path.to_owned(),
+                source,
+            })?
+            .path();
         if p.is_dir() {
             collect(&p, out)?;
-        } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json") {
+        } else if p
+            .extension()
+            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+        {
             out.push(p);
         }
     }
@@ -232,7 +295,10 @@ items:
         let objs = parse(Path::new("m.yaml"), text).unwrap();
         let keys: Vec<String> = objs.iter().map(|o| o.key.to_string()).collect();
         assert_eq!(keys, ["Namespace/x", "Pod default/a", "Pod x/b"]);
-        assert_eq!(objs[1].value.pointer("/metadata/namespace").unwrap(), "default");
+        assert_eq!(
+            objs[1].value.pointer("/metadata/namespace").unwrap(),
+            "default"
+        );
         assert_eq!(objs[1].key.file_name(), "pod.default.a.yaml");
         assert_eq!(objs[0].key.file_name(), "namespace._.x.yaml");
     }
@@ -240,9 +306,16 @@ items:
     #[test]
     fn errors_name_the_file_document_and_field() {
         let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: ok}\n---\napiVersion: v1\nkind: Pod\nmetadata: {}\n";
-        let err = parse(Path::new("/m/pods.yaml"), text).unwrap_err().to_string();
-        assert_eq!(err, "/m/pods.yaml document 2: Pod: metadata.name: required string missing");
-        let err = parse(Path::new("bad.yaml"), "kind: [").unwrap_err().to_string();
+        let err = parse(Path::new("/m/pods.yaml"), text)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/m/pods.yaml document 2: Pod: metadata.name: required string missing"
+        );
+        let err = parse(Path::new("bad.yaml"), "kind: [")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("bad.yaml document 1: "), "{err}");
     }
 
@@ -250,7 +323,12 @@ items:
     fn store_reports_changes_and_remove_is_idempotent() {
         let dir = std::env::temp_dir().join(format!("caracal-manifests-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let obj = parse(Path::new("p.yaml"), "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n").unwrap().remove(0);
+        let obj = parse(
+            Path::new("p.yaml"),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n",
+        )
+        .unwrap()
+        .remove(0);
         assert!(store(&dir, &obj).unwrap());
         assert!(!store(&dir, &obj).unwrap(), "same content is no change");
         let again = load(&dir).unwrap();

@@ -6,7 +6,13 @@
 //!
 //! State lives in one folder (default `/run/caracal-lab`): the manifests
 //! the agent watches (one object per file), the daemons' sockets, logs and
-//! pids, and `lab.json`, the record of the pods the lab made.
+//! pids, memif pods' sockets (`memif/<namespace>-<pod>/memif.sock`), and
+//! `lab.json`, the record of the pods the lab made.
+//!
+//! A memif pod is a network namespace with only `lo` and a socket waiting
+//! for its application (say `dpdk-testpmd`, as a memif client); `lab
+//! status` shows the socket, and the application talks to the other pods
+//! through it once it connects.
 
 pub mod cni;
 pub mod manifests;
@@ -14,7 +20,7 @@ mod probe;
 pub mod state;
 pub mod supervisor;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -100,6 +106,11 @@ impl Lab {
         self.dir.join("agent.sock")
     }
 
+    /// The agent's `--memif-dir`.
+    pub fn memif_dir(&self) -> PathBuf {
+        self.dir.join("memif")
+    }
+
     fn state_file(&self) -> PathBuf {
         self.dir.join("lab.json")
     }
@@ -109,11 +120,13 @@ impl Lab {
     }
 
     fn load_state(&self) -> anyhow::Result<Option<LabState>> {
-        LabState::load(&self.state_file()).with_context(|| format!("reading {}", self.state_file().display()))
+        LabState::load(&self.state_file())
+            .with_context(|| format!("reading {}", self.state_file().display()))
     }
 
     fn save_state(&self, st: &LabState) -> anyhow::Result<()> {
-        st.save(&self.state_file()).with_context(|| format!("writing {}", self.state_file().display()))
+        st.save(&self.state_file())
+            .with_context(|| format!("writing {}", self.state_file().display()))
     }
 
     fn running(&self) -> bool {
@@ -123,34 +136,60 @@ impl Lab {
     /// `lab up DIR`: starts everything and creates every pod of `source`.
     pub fn up(&self, source: &Path, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
         if self.running() {
-            bail!("a lab is already running in {} (run `caracalctl lab down` first)", self.dir.display());
+            bail!(
+                "a lab is already running in {} (run `caracalctl lab down` first)",
+                self.dir.display()
+            );
         }
         let objects = manifests::load(source)?;
         for bin in ["caracal-dataplane", "caracal-agent", "caracal"] {
             let p = self.bin_dir.join(bin);
             if !p.exists() {
-                bail!("{} not found (build with `cargo build --release`, or pass --bin-dir)", p.display());
+                bail!(
+                    "{} not found (build with `cargo build --release`, or pass --bin-dir)",
+                    p.display()
+                );
             }
         }
         // Leftovers of a lab that died without `lab down`.
         self.down(&mut std::io::sink())?;
         std::fs::create_dir_all(self.manifests_dir())
             .with_context(|| format!("creating {}", self.manifests_dir().display()))?;
-        let mut st = LabState { source: Some(source.to_owned()), bin_dir: self.bin_dir.clone(), pods: Vec::new() };
+        let mut st = LabState {
+            source: Some(source.to_owned()),
+            bin_dir: self.bin_dir.clone(),
+            pods: Vec::new(),
+        };
         self.save_state(&st)?;
         for obj in objects.values() {
             manifests::store(&self.manifests_dir(), obj)?;
         }
-        writeln!(out, "lab: {} objects from {}", objects.len(), source.display())?;
+        writeln!(
+            out,
+            "lab: {} objects from {}",
+            objects.len(),
+            source.display()
+        )?;
         self.start_supervisor()?;
-        writeln!(out, "lab: dataplane and agent starting (logs in {})", self.dir.join("logs").display())?;
+        writeln!(
+            out,
+            "lab: dataplane and agent starting (logs in {})",
+            self.dir.join("logs").display()
+        )?;
         let rt = runtime()?;
         rt.block_on(self.wait_agent_ready())?;
         writeln!(out, "lab: agent ready")?;
         let pods: Vec<&Object> = objects.values().filter(|o| o.key.kind == "Pod").collect();
         let mut failed = Vec::new();
         for (i, pod) in pods.iter().enumerate() {
-            write!(out, "lab: [{}/{}] pod {}/{} ", i + 1, pods.len(), pod.key.namespace, pod.key.name)?;
+            write!(
+                out,
+                "lab: [{}/{}] pod {}/{} ",
+                i + 1,
+                pods.len(),
+                pod.key.namespace,
+                pod.key.name
+            )?;
             out.flush()?;
             match self.create_pod(&rt, &mut st, pod) {
                 Ok(p) => writeln!(out, "{} {}", p.interface, p.ips.join(" "))?,
@@ -162,7 +201,12 @@ impl Lab {
         }
         rt.block_on(self.wait_synced(0))?;
         if !failed.is_empty() {
-            bail!("{} of {} pods failed: {}", failed.len(), pods.len(), failed.join(", "));
+            bail!(
+                "{} of {} pods failed: {}",
+                failed.len(),
+                pods.len(),
+                failed.join(", ")
+            );
         }
         writeln!(out, "lab: up: {} pods ready", pods.len())?;
         Ok(())
@@ -172,7 +216,10 @@ impl Lab {
         use std::os::unix::process::CommandExt as _;
         let logs = self.dir.join("logs");
         std::fs::create_dir_all(&logs)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(logs.join("supervisor.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(logs.join("supervisor.log"))?;
         let child = Command::new(std::env::current_exe()?)
             .args(["lab", "--state-dir"])
             .arg(&self.dir)
@@ -192,7 +239,12 @@ impl Lab {
     }
 
     /// Creates the netns and runs CNI ADD for one pod; records it.
-    fn create_pod(&self, rt: &tokio::runtime::Runtime, st: &mut LabState, pod: &Object) -> anyhow::Result<LabPod> {
+    fn create_pod(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        st: &mut LabState,
+        pod: &Object,
+    ) -> anyhow::Result<LabPod> {
         let (ns, name) = (&pod.key.namespace, &pod.key.name);
         let netns = netns_name(ns, name);
         if let Some(existing) = st.pod(ns, name) {
@@ -202,7 +254,12 @@ impl Lab {
         let _ = ip(&["-n", &netns, "link", "set", "lo", "up"]);
         let container_id = cni::new_container_id();
         let netns_path = format!("/var/run/netns/{netns}");
-        let att = cni::Attachment { container_id: &container_id, netns: &netns_path, namespace: ns, pod: name };
+        let att = cni::Attachment {
+            container_id: &container_id,
+            netns: &netns_path,
+            namespace: ns,
+            pod: name,
+        };
         let config = cni::network_config(&self.agent_socket(), None);
         let result = match cni::run(&self.bin_dir, "ADD", &att, &config) {
             Ok(r) => cni::parse_add_result(&r),
@@ -215,7 +272,11 @@ impl Lab {
         let interface = rt
             .block_on(self.agent_status())
             .ok()
-            .and_then(|s| s.endpoints.into_iter().find(|e| e.container_id == container_id))
+            .and_then(|s| {
+                s.endpoints
+                    .into_iter()
+                    .find(|e| e.container_id == container_id)
+            })
             .map(|e| e.interface_kind)
             .filter(|k| !k.is_empty())
             .unwrap_or_else(|| "tap".into());
@@ -235,12 +296,21 @@ impl Lab {
 
     /// Runs CNI DEL for one pod and removes its netns; forgets it.
     fn remove_pod(&self, st: &mut LabState, namespace: &str, name: &str) -> anyhow::Result<()> {
-        let Some(i) = st.pods.iter().position(|p| p.namespace == namespace && p.name == name) else {
+        let Some(i) = st
+            .pods
+            .iter()
+            .position(|p| p.namespace == namespace && p.name == name)
+        else {
             return Ok(());
         };
         let p = st.pods[i].clone();
         let netns_path = p.netns_path().display().to_string();
-        let att = cni::Attachment { container_id: &p.container_id, netns: &netns_path, namespace, pod: name };
+        let att = cni::Attachment {
+            container_id: &p.container_id,
+            netns: &netns_path,
+            namespace,
+            pod: name,
+        };
         let config = cni::network_config(&self.agent_socket(), None);
         let del = cni::run(&st.bin_dir, "DEL", &att, &config);
         let _ = ip(&["netns", "del", &p.netns]);
@@ -259,12 +329,24 @@ impl Lab {
         for obj in objects.values() {
             let c = manifests::store(&self.manifests_dir(), obj)?;
             changed |= c;
-            writeln!(out, "{} {}", obj.key, if c { "configured" } else { "unchanged" })?;
+            writeln!(
+                out,
+                "{} {}",
+                obj.key,
+                if c { "configured" } else { "unchanged" }
+            )?;
         }
         for pod in objects.values().filter(|o| o.key.kind == "Pod") {
             if st.pod(&pod.key.namespace, &pod.key.name).is_none() {
                 let p = self.create_pod(&rt, &mut st, pod)?;
-                writeln!(out, "pod {}/{} created: {} {}", p.namespace, p.name, p.interface, p.ips.join(" "))?;
+                writeln!(
+                    out,
+                    "pod {}/{} created: {} {}",
+                    p.namespace,
+                    p.name,
+                    p.interface,
+                    p.ips.join(" ")
+                )?;
             }
         }
         rt.block_on(self.wait_synced(if changed { before } else { 0 }))?;
@@ -284,7 +366,11 @@ impl Lab {
             }
             let removed = manifests::remove(&self.manifests_dir(), key)?;
             changed |= removed;
-            writeln!(out, "{key} {}", if removed { "deleted" } else { "not found" })?;
+            writeln!(
+                out,
+                "{key} {}",
+                if removed { "deleted" } else { "not found" }
+            )?;
         }
         rt.block_on(self.wait_synced(if changed { before } else { 0 }))?;
         Ok(())
@@ -293,13 +379,57 @@ impl Lab {
     fn require_running(&self) -> anyhow::Result<LabState> {
         match self.load_state()? {
             Some(st) if self.running() => Ok(st),
-            _ => bail!("no lab is running in {} (start one with `caracalctl lab up DIR`)", self.dir.display()),
+            _ => bail!(
+                "no lab is running in {} (start one with `caracalctl lab up DIR`)",
+                self.dir.display()
+            ),
         }
     }
 
     /// The pods the lab made.
     pub fn pods(&self) -> anyhow::Result<Vec<LabPod>> {
         Ok(self.load_state()?.unwrap_or_default().pods)
+    }
+
+    /// `lab probe`: the connectivity matrix. A memif pod is probed once
+    /// its application is connected (the dataplane says so), since only
+    /// the application can answer.
+    pub fn probe(&self) -> anyhow::Result<ProbeReport> {
+        let pods = self.pods()?;
+        let connected = if pods.iter().any(|p| p.interface != "tap") {
+            runtime()?.block_on(self.connected_sockets())
+        } else {
+            BTreeSet::new()
+        };
+        let answering: Vec<LabPod> = pods
+            .iter()
+            .filter(|p| p.interface == "tap" || connected.contains(&p.interface_name()))
+            .cloned()
+            .collect();
+        Ok(probe(&pods, &answering))
+    }
+
+    /// The dataplane interfaces with a connected memif peer; none if the
+    /// dataplane does not answer.
+    async fn connected_sockets(&self) -> BTreeSet<String> {
+        let Ok(mut client) =
+            crate::dataplane_client::DataplaneClient::connect(&self.dataplane_socket()).await
+        else {
+            return BTreeSet::new();
+        };
+        let Ok(list) = client
+            .interfaces
+            .list_interfaces(caracal_proto::dataplane::ListInterfacesRequest {})
+            .await
+        else {
+            return BTreeSet::new();
+        };
+        list.into_inner()
+            .interfaces
+            .into_iter()
+            .filter(|i| i.memif.as_ref().is_some_and(|m| m.connected))
+            .filter_map(|i| i.spec.map(|s| s.name))
+            .collect()
     }
 
     /// `lab status`: pods and services.
@@ -317,8 +447,11 @@ impl Lab {
                 socket: p.socket.clone(),
             })
             .collect();
-        let objects: BTreeMap<ObjectKey, Object> =
-            if self.manifests_dir().exists() { manifests::load(&self.manifests_dir())? } else { BTreeMap::new() };
+        let objects: BTreeMap<ObjectKey, Object> = if self.manifests_dir().exists() {
+            manifests::load(&self.manifests_dir())?
+        } else {
+            BTreeMap::new()
+        };
         let services = objects
             .values()
             .filter(|o| o.key.kind == "Service")
@@ -326,10 +459,19 @@ impl Lab {
                 let spec = &o.value["spec"];
                 let mut ips: Vec<String> = spec["clusterIPs"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 if ips.is_empty() {
-                    ips.extend(spec["clusterIP"].as_str().filter(|s| *s != "None").map(str::to_owned));
+                    ips.extend(
+                        spec["clusterIP"]
+                            .as_str()
+                            .filter(|s| *s != "None")
+                            .map(str::to_owned),
+                    );
                 }
                 ServiceStatus {
                     namespace: o.key.namespace.clone(),
@@ -387,15 +529,24 @@ impl Lab {
             }
         }
         if self.dir.exists() {
-            std::fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))?;
+            std::fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("removing {}", self.dir.display()))?;
         }
         writeln!(out, "lab: down")?;
         Ok(())
     }
 
-    async fn agent(&self) -> anyhow::Result<(pb::agent_client::AgentClient<tonic::transport::Channel>, pb::cni_client::CniClient<tonic::transport::Channel>)> {
+    async fn agent(
+        &self,
+    ) -> anyhow::Result<(
+        pb::agent_client::AgentClient<tonic::transport::Channel>,
+        pb::cni_client::CniClient<tonic::transport::Channel>,
+    )> {
         let ch = crate::dataplane_client::connect(&self.agent_socket()).await?;
-        Ok((pb::agent_client::AgentClient::new(ch.clone()), pb::cni_client::CniClient::new(ch)))
+        Ok((
+            pb::agent_client::AgentClient::new(ch.clone()),
+            pb::cni_client::CniClient::new(ch),
+        ))
     }
 
     async fn agent_status(&self) -> anyhow::Result<pb::AgentStatus> {
@@ -417,7 +568,10 @@ impl Lab {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!("the agent did not become ready in {READY_TIMEOUT:?}: {last} (see {})", self.dir.join("logs").display())
+        bail!(
+            "the agent did not become ready in {READY_TIMEOUT:?}: {last} (see {})",
+            self.dir.join("logs").display()
+        )
     }
 
     /// Waits until the agent has seen a datastore revision newer than
@@ -426,7 +580,10 @@ impl Lab {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let s = self.agent_status().await?;
-            if s.datastore_revision > after && s.synced_revision >= s.datastore_revision && s.dataplane_connected {
+            if s.datastore_revision > after
+                && s.synced_revision >= s.datastore_revision
+                && s.dataplane_connected
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -444,18 +601,30 @@ impl Lab {
 /// Collects a child's exit status if it is ours (the supervisor, when
 /// `lab up` and `lab down` run in one process, as in tests).
 fn reap(pid: i32) {
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    let _ = nix::sys::wait::waitpid(
+        nix::unistd::Pid::from_raw(pid),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Runs `ip` with `args`.
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! `lab probe`: the connectivity matrix between all pods — from each pod's
 //! network namespace, one ICMP echo to every other pod's every address.
 //! Pods without a kernel interface (memif, vhost-user) cannot originate
-//! probes; their row shows `-`.
+//! probes; their row shows `-`. Such a pod answers only through its
+//! application, so it is probed only while one is connected; otherwise its
+//! column shows `-` too (not probed), not `✗`.
 
 use std::fmt::Write as _;
 use std::process::Command;
@@ -23,18 +25,21 @@ pub struct ProbeResult {
 pub struct ProbeReport {
     pub pods: Vec<String>,
     pub results: Vec<ProbeResult>,
+    /// Pods left out as destinations: memif and vhost-user pods without
+    /// a connected application.
+    pub unprobed: Vec<String>,
 }
 
 fn id(p: &LabPod) -> String {
     format!("{}/{}", p.namespace, p.name)
 }
 
-/// Pings every address of every other pod from every tap pod, a few
-/// probes in parallel.
-pub fn probe(pods: &[LabPod]) -> ProbeReport {
+/// Pings every address of every other pod that can answer (those in
+/// `answering`) from every tap pod, a few probes in parallel.
+pub fn probe(pods: &[LabPod], answering: &[LabPod]) -> ProbeReport {
     let mut jobs = Vec::new();
     for from in pods.iter().filter(|p| p.interface == "tap") {
-        for to in pods.iter().filter(|p| id(p) != id(from)) {
+        for to in answering.iter().filter(|p| id(p) != id(from)) {
             for addr in &to.ips {
                 jobs.push((from.clone(), id(to), addr.clone()));
             }
@@ -46,9 +51,23 @@ pub fn probe(pods: &[LabPod]) -> ProbeReport {
         for _ in 0..8 {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((from, to, addr)) = jobs.get(i) else { break };
+                let Some((from, to, addr)) = jobs.get(i) else {
+                    break;
+                };
                 let ok = Command::new("ip")
-                    .args(["netns", "exec", &from.netns, "ping", "-n", "-q", "-c", "1", "-W", "1", addr])
+                    .args([
+                        "netns",
+                        "exec",
+                        &from.netns,
+                        "ping",
+                        "-n",
+                        "-q",
+                        "-c",
+                        "1",
+                        "-W",
+                        "1",
+                        addr,
+                    ])
                     .output()
                     .is_ok_and(|o| o.status.success());
                 results.lock().expect("poisoned").push(ProbeResult {
@@ -62,7 +81,16 @@ pub fn probe(pods: &[LabPod]) -> ProbeReport {
     });
     let mut results = results.into_inner().expect("poisoned");
     results.sort_by(|a, b| (&a.from, &a.to, &a.address).cmp(&(&b.from, &b.to, &b.address)));
-    ProbeReport { pods: pods.iter().map(id).collect(), results }
+    let unprobed = pods
+        .iter()
+        .filter(|p| !answering.iter().any(|a| id(a) == id(p)))
+        .map(id)
+        .collect();
+    ProbeReport {
+        pods: pods.iter().map(id).collect(),
+        results,
+        unprobed,
+    }
 }
 
 impl ProbeReport {
@@ -93,14 +121,29 @@ impl ProbeReport {
                         .filter(|r| &r.from == from && &r.to == to)
                         .map(|r| if r.ok { '✓' } else { '✗' })
                         .collect();
-                    if marks.is_empty() { "-".into() } else { marks }
+                    if marks.is_empty() {
+                        "-".into()
+                    } else {
+                        marks
+                    }
                 };
                 let _ = write!(s, "  {cell:w$}");
             }
             s.push('\n');
         }
         let ok = self.results.iter().filter(|r| r.ok).count();
-        let _ = writeln!(s, "{ok}/{} probes answered (✓ per address: IPv4 then IPv6)", self.results.len());
+        let _ = writeln!(
+            s,
+            "{ok}/{} probes answered (✓ per address: IPv4 then IPv6)",
+            self.results.len()
+        );
+        if !self.unprobed.is_empty() {
+            let _ = writeln!(
+                s,
+                "not probed (no application connected to the socket): {}",
+                self.unprobed.join(", ")
+            );
+        }
         s
     }
 }
@@ -114,14 +157,49 @@ mod tests {
         let r = ProbeReport {
             pods: vec!["x/a".into(), "x/b".into()],
             results: vec![
-                ProbeResult { from: "x/a".into(), to: "x/b".into(), address: "10.0.0.2".into(), ok: true },
-                ProbeResult { from: "x/a".into(), to: "x/b".into(), address: "fd00::2".into(), ok: false },
+                ProbeResult {
+                    from: "x/a".into(),
+                    to: "x/b".into(),
+                    address: "10.0.0.2".into(),
+                    ok: true,
+                },
+                ProbeResult {
+                    from: "x/a".into(),
+                    to: "x/b".into(),
+                    address: "fd00::2".into(),
+                    ok: false,
+                },
             ],
+            unprobed: vec![],
         };
         let text = r.render();
         assert!(text.contains("✓✗"), "{text}");
-        assert!(text.lines().nth(2).unwrap().contains('-'), "b sent no probes: {text}");
+        assert!(
+            text.lines().nth(2).unwrap().contains('-'),
+            "b sent no probes: {text}"
+        );
         assert!(text.contains("1/2 probes answered"));
         assert!(!r.all_ok());
+        assert!(!text.contains("not probed"));
+    }
+
+    #[test]
+    fn socket_pods_are_probed_only_with_their_application() {
+        let pod = |name: &str, interface: &str| LabPod {
+            namespace: "x".into(),
+            name: name.into(),
+            netns: format!("x_{name}"),
+            container_id: String::new(),
+            ips: vec![],
+            interface: interface.into(),
+            socket: None,
+        };
+        let pods = [pod("a", "tap"), pod("m", "memif")];
+        let r = probe(&pods, &pods[..1]);
+        assert_eq!(r.unprobed, ["x/m"]);
+        assert!(r
+            .render()
+            .contains("not probed (no application connected to the socket): x/m"));
+        assert!(probe(&pods, &pods).unprobed.is_empty());
     }
 }

@@ -26,6 +26,11 @@ impl LabPod {
     pub fn netns_path(&self) -> PathBuf {
         Path::new("/var/run/netns").join(&self.netns)
     }
+
+    /// The name of the pod's dataplane interface.
+    pub fn interface_name(&self) -> String {
+        crate::agent::endpoints::dataplane_interface_name(&self.namespace, &self.name, "eth0")
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -40,7 +45,9 @@ pub struct LabState {
 impl LabState {
     pub fn load(path: &Path) -> std::io::Result<Option<LabState>> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(std::io::Error::other),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(std::io::Error::other),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -48,12 +55,17 @@ impl LabState {
 
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
         std::fs::rename(tmp, path)
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&LabPod> {
-        self.pods.iter().find(|p| p.namespace == namespace && p.name == name)
+        self.pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
     }
 }
 

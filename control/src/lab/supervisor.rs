@@ -27,10 +27,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(&mut self) -> std::io::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let child = Command::new(&self.program)
             .args(&self.args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -48,7 +54,10 @@ impl Daemon {
             if let Some(pid) = child.id() {
                 super::signal_pid(pid as i32, nix::sys::signal::Signal::SIGTERM);
             }
-            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
                 let _ = child.kill().await;
             }
         }
@@ -93,6 +102,8 @@ pub async fn run(lab: &Lab) -> anyhow::Result<()> {
                 path(&lab.agent_socket()),
                 "--dataplane-socket".into(),
                 path(&lab.dataplane_socket()),
+                "--memif-dir".into(),
+                path(&lab.memif_dir()),
             ],
             log: logs.join("agent.log"),
             pid_file: lab.dir.join("agent.pid"),
@@ -120,7 +131,10 @@ pub async fn run(lab: &Lab) -> anyhow::Result<()> {
             if let Some(why) = exited {
                 d.child = None;
                 d.restarts += 1;
-                eprintln!("lab supervisor: {} exited ({why}); restart #{}", d.name, d.restarts);
+                eprintln!(
+                    "lab supervisor: {} exited ({why}); restart #{}",
+                    d.name, d.restarts
+                );
                 tokio::time::sleep(RESTART_DELAY).await;
                 if let Err(e) = d.start() {
                     eprintln!("lab supervisor: cannot restart {}: {e}", d.name);

@@ -31,8 +31,12 @@ pub struct Table {
     /// FailedPrecondition, as the real one does for a missing netns.
     pub refuse_netns: Option<String>,
     /// The Policy service's state; `None`: the fake does not serve it
-    /// (UNIMPLEMENTED, as today's dataplane).
+    /// (UNIMPLEMENTED). [`FakeDataplane::start_with`] serves it unless
+    /// started with [`FakeDataplane::start_without_policy`].
     pub policy: Option<PolicyTable>,
+    /// The sockets of memif servers, bound as the dataplane binds them
+    /// (so in a folder that must exist), by interface.
+    pub memif_sockets: BTreeMap<String, std::os::unix::net::UnixListener>,
 }
 
 /// What the fake's Policy service holds, and the batches it was sent.
@@ -153,23 +157,46 @@ impl Interfaces for Service {
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: required"))?;
-        let Some(pb::interface_spec::Kind::Tap(tap)) = &spec.kind else {
-            return Err(Status::invalid_argument("spec.kind: only taps"));
-        };
         let mut t = self.0.lock().unwrap();
-        if let Some(bad) = &t.refuse_netns {
-            if tap.netns.contains(bad.as_str()) {
-                return Err(Status::failed_precondition(format!(
-                    "netns {:?} does not exist",
-                    tap.netns
-                )));
+        match &spec.kind {
+            Some(pb::interface_spec::Kind::Tap(tap)) => {
+                if let Some(bad) = &t.refuse_netns {
+                    if tap.netns.contains(bad.as_str()) {
+                        return Err(Status::failed_precondition(format!(
+                            "netns {:?} does not exist",
+                            tap.netns
+                        )));
+                    }
+                }
             }
+            Some(pb::interface_spec::Kind::Memif(_)) => {}
+            None => return Err(Status::invalid_argument("spec.kind: required")),
         }
         if let Some(existing) = t.interfaces.get(&spec.name) {
             if existing.spec.as_ref() == Some(&spec) {
                 return Ok(Response::new(existing.clone()));
             }
         }
+        let (kind, mac) = match &spec.kind {
+            Some(pb::interface_spec::Kind::Memif(m)) => {
+                // A socket left behind (by this interface before, or a
+                // fake that was stopped) is replaced, as the real one
+                // replaces a stale socket.
+                t.memif_sockets.remove(&spec.name);
+                let _ = std::fs::remove_file(&m.socket);
+                let listener = std::os::unix::net::UnixListener::bind(&m.socket).map_err(|e| {
+                    Status::failed_precondition(format!("memif socket {}: {e}", m.socket))
+                })?;
+                t.memif_sockets.insert(spec.name.clone(), listener);
+                let mac = if m.peer_mac.is_empty() {
+                    "ff:ff:ff:ff:ff:ff".to_owned()
+                } else {
+                    m.peer_mac.clone()
+                };
+                (pb::InterfaceKind::Memif, Some(mac))
+            }
+            _ => (pb::InterfaceKind::Tap, None),
+        };
         t.next_id += 1;
         let id = t.next_id;
         let verb = if t.interfaces.contains_key(&spec.name) {
@@ -181,10 +208,14 @@ impl Interfaces for Service {
         let iface = pb::Interface {
             id,
             spec: Some(spec.clone()),
-            kind: pb::InterfaceKind::Tap as i32,
-            mac: format!("02:00:00:00:00:{:02x}", id % 256),
-            ifindex: id + 1,
-            up: true,
+            kind: kind as i32,
+            mac: mac.unwrap_or_else(|| format!("02:00:00:00:00:{:02x}", id % 256)),
+            ifindex: if kind == pb::InterfaceKind::Tap {
+                id + 1
+            } else {
+                0
+            },
+            up: kind == pb::InterfaceKind::Tap,
             ..Default::default()
         };
         t.interfaces.insert(spec.name, iface.clone());
@@ -198,6 +229,13 @@ impl Interfaces for Service {
         let name = req.into_inner().name;
         let mut t = self.0.lock().unwrap();
         let existed = t.interfaces.remove(&name).is_some();
+        if let Some(listener) = t.memif_sockets.remove(&name) {
+            if let Ok(addr) = listener.local_addr() {
+                if let Some(path) = addr.as_pathname() {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
         if existed {
             t.changes.push(format!("delete {name}"));
         }
@@ -409,7 +447,19 @@ impl FakeDataplane {
         Self::start_with(socket, Table::default()).await
     }
 
-    pub async fn start_with(socket: &Path, table: Table) -> Self {
+    /// Starts with `table`, serving the Policy service (empty unless
+    /// `table.policy` says otherwise).
+    pub async fn start_with(socket: &Path, mut table: Table) -> Self {
+        table.policy.get_or_insert_with(PolicyTable::default);
+        Self::launch(socket, table).await
+    }
+
+    /// Starts without the Policy service (UNIMPLEMENTED).
+    pub async fn start_without_policy(socket: &Path) -> Self {
+        Self::launch(socket, Table::default()).await
+    }
+
+    async fn launch(socket: &Path, table: Table) -> Self {
         let _ = std::fs::remove_file(socket);
         let listener = tokio::net::UnixListener::bind(socket).unwrap();
         let with_policy = table.policy.is_some();

@@ -22,6 +22,7 @@ use crate::model::{
     MemifRingDirection, MemifRole, MemifRxMode, MemifSpec, MemifStatus, PathSpec, RouteOrigin,
     RouteSpec, TapSpec, WorkerStats,
 };
+use crate::policy::ApplyError;
 use crate::port::memif::{self, MemifError};
 use crate::port::tap::TapError;
 use crate::port::{PortKind, PortStats};
@@ -39,7 +40,7 @@ const IFNAMSIZ: usize = 16;
 /// Most queues a Linux tap device can have (`MAX_TAP_QUEUES`).
 const MAX_TAP_QUEUES: u32 = 256;
 
-fn invalid(field: impl fmt::Display, problem: impl fmt::Display) -> Status {
+pub(super) fn invalid(field: impl fmt::Display, problem: impl fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {problem}"))
 }
 
@@ -66,6 +67,10 @@ pub fn engine_error_to_status(err: EngineError) -> Status {
         EngineError::Memif(_) => Status::failed_precondition(err.to_string()),
         // Workers did not take the change, or are stopping: try later.
         EngineError::ShuttingDown | EngineError::Worker(_) => Status::unavailable(err.to_string()),
+        EngineError::Flows(_) => Status::internal(err.to_string()),
+        EngineError::Policy(ApplyError::Invalid(m)) => Status::invalid_argument(m),
+        EngineError::Policy(ApplyError::NotFound(m)) => Status::not_found(m),
+        EngineError::Policy(ApplyError::FailedPrecondition(m)) => Status::failed_precondition(m),
     }
 }
 
@@ -73,7 +78,7 @@ pub fn engine_error_to_status(err: EngineError) -> Status {
 
 /// A client-chosen object name (an interface's key). Anything printable
 /// goes; control characters would garble logs and tables.
-fn object_name(field: impl fmt::Display, name: String) -> Result<String, Status> {
+pub(super) fn object_name(field: impl fmt::Display, name: String) -> Result<String, Status> {
     if name.is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
@@ -161,6 +166,7 @@ pub fn interface_spec_from_proto(spec: Option<pb::InterfaceSpec>) -> Result<Inte
         addresses,
         mtu,
         kind,
+        policy_enforced: spec.policy_enforced,
     })
 }
 
@@ -480,6 +486,7 @@ pub fn interface_spec_to_proto(spec: InterfaceSpec) -> pb::InterfaceSpec {
         addresses: spec.addresses.iter().map(ToString::to_string).collect(),
         mtu: u32::from(spec.mtu),
         kind: Some(kind),
+        policy_enforced: spec.policy_enforced,
     }
 }
 
@@ -565,6 +572,7 @@ mod tests {
                 queues: 2,
                 configure: true,
             })),
+            policy_enforced: true,
         }
     }
 
@@ -603,6 +611,7 @@ mod tests {
                     queues: 2,
                     configure: true,
                 }),
+                policy_enforced: true,
             }
         );
     }
@@ -742,6 +751,7 @@ mod tests {
             addresses: vec!["10.65.0.6/32".into()],
             mtu: 0,
             kind: Some(pb::interface_spec::Kind::Memif(m)),
+            policy_enforced: false,
         }
     }
 

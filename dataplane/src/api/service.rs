@@ -1,4 +1,5 @@
-//! The gRPC services (`Interfaces`, `Routes`, `Stats`) over the engine.
+//! The gRPC services (`Interfaces`, `Routes`, `Stats`, `Policy`) over the
+//! engine.
 //!
 //! Each handler converts its request ([`convert`]), runs the engine call on
 //! the blocking pool, and converts the answer back. Engine calls take the
@@ -10,13 +11,15 @@ use std::sync::Arc;
 
 use caracal_proto::dataplane as pb;
 use caracal_proto::dataplane::interfaces_server::Interfaces;
+use caracal_proto::dataplane::policy_server::Policy;
 use caracal_proto::dataplane::routes_server::Routes;
 use caracal_proto::dataplane::stats_server::Stats;
 use tonic::{Code, Request, Response, Status};
 use tracing::{debug, info, warn};
 
-use super::convert;
+use super::{convert, policy};
 use crate::engine::{Engine, EngineError};
+use crate::policy::spec::PolicyBatch;
 
 /// The dataplane's API, one value serving every service. Cloning is cheap.
 #[derive(Debug, Clone)]
@@ -44,7 +47,10 @@ impl DataplaneApi {
                 let status = convert::engine_error_to_status(err);
                 match status.code() {
                     // The client's mistake, answered; nothing wrong here.
-                    Code::InvalidArgument | Code::NotFound | Code::AlreadyExists => {
+                    Code::InvalidArgument
+                    | Code::NotFound
+                    | Code::AlreadyExists
+                    | Code::FailedPrecondition => {
                         debug!(call = what, error = status.message(), "request refused");
                     }
                     _ => warn!(call = what, error = status.message(), "engine call failed"),
@@ -164,5 +170,124 @@ impl Stats for DataplaneApi {
     ) -> Result<Response<pb::Counters>, Status> {
         let counters = self.engine("GetCounters", |e| Ok(e.counters())).await?;
         Ok(Response::new(convert::counters_to_proto(counters)))
+    }
+}
+
+impl DataplaneApi {
+    /// Applies a policy batch; database errors about its only entry are
+    /// reported without the batch's list name (`list`), as the request
+    /// spells its fields.
+    async fn apply_policy(
+        &self,
+        what: &'static str,
+        batch: Result<PolicyBatch, Status>,
+        list: Option<&'static str>,
+    ) -> Result<Response<pb::PolicyReply>, Status> {
+        let batch = batch.map_err(|s| rejected(what, s))?;
+        let generation = self
+            .engine(what, move |e| e.apply_policy(batch))
+            .await
+            .map_err(|s| match list {
+                Some(list) => policy::strip_batch_field(s, list),
+                None => s,
+            })?;
+        Ok(Response::new(pb::PolicyReply { generation }))
+    }
+}
+
+#[tonic::async_trait]
+impl Policy for DataplaneApi {
+    async fn set_ip_set(
+        &self,
+        request: Request<pb::IpSet>,
+    ) -> Result<Response<pb::PolicyReply>, Status> {
+        let batch = policy::set_ip_set_from_proto(request.into_inner());
+        self.apply_policy("SetIpSet", batch, Some("set_ip_sets"))
+            .await
+    }
+
+    async fn update_ip_set(
+        &self,
+        request: Request<pb::IpSetDelta>,
+    ) -> Result<Response<pb::PolicyReply>, Status> {
+        let batch = policy::update_ip_set_from_proto(request.into_inner());
+        self.apply_policy("UpdateIpSet", batch, Some("update_ip_sets"))
+            .await
+    }
+
+    async fn delete_ip_set(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::PolicyReply>, Status> {
+        let batch = policy::delete_name(request.into_inner().name).map(|name| PolicyBatch {
+            delete_ip_sets: vec![name],
+            ..PolicyBatch::default()
+        });
+        self.apply_policy("DeleteIpSet", batch, Some("delete_ip_sets"))
+            .await
+    }
+
+    async fn set_policy(
+        &self,
+        request: Request<pb::PolicySpec>,
+    ) -> Result<Response<pb::PolicyReply>, Status> {
+        let batch = policy::set_policy_from_proto(request.into_inner());
+        self.apply_policy("SetPolicy", batch, Some("set_policies"))
+            .await
+    }
+
+    async fn delete_policy(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::PolicyReply>, Status> {
+        let batch = policy::delete_name(request.into_inner().name).map(|name| PolicyBatch {
+            delete_policies: vec![name],
+            ..PolicyBatch::default()
+        });
+        self.apply_policy("DeletePolicy", batch, Some("delete_policies"))
+            .await
+    }
+
+    async fn set_endpoint_policy(
+        &self,
+        request: Request<pb::EndpointPolicy>,
+    ) -> Result<Response<pb::PolicyReply>, Status> {
+        let batch = policy::set_endpoint_from_proto(request.into_inner());
+        self.apply_policy("SetEndpointPolicy", batch, Some("set_endpoints"))
+            .await
+    }
+
+    async fn apply(
+        &self,
+        request: Request<pb::PolicyBatch>,
+    ) -> Result<Response<pb::PolicyReply>, Status> {
+        let batch = policy::batch_from_proto(request.into_inner());
+        self.apply_policy("Apply", batch, None).await
+    }
+
+    async fn get_policy_state(
+        &self,
+        request: Request<pb::GetPolicyStateRequest>,
+    ) -> Result<Response<pb::PolicyState>, Status> {
+        let interface = request.into_inner().interface;
+        let state = self
+            .engine("GetPolicyState", move |e| {
+                Ok(e.policy_state((!interface.is_empty()).then_some(interface.as_str())))
+            })
+            .await?;
+        Ok(Response::new(policy::state_to_proto(state)))
+    }
+
+    async fn list_flows(
+        &self,
+        request: Request<pb::ListFlowsRequest>,
+    ) -> Result<Response<pb::ListFlowsResponse>, Status> {
+        let limit = request.into_inner().limit as usize;
+        let flows = self
+            .engine("ListFlows", move |e| Ok(e.flows(limit)))
+            .await?;
+        Ok(Response::new(pb::ListFlowsResponse {
+            flows: flows.into_iter().map(policy::flow_to_proto).collect(),
+        }))
     }
 }

@@ -75,6 +75,11 @@ pub struct Meta {
     pub flow_hash: u32,
     /// Set when a node sends the packet to an ICMP error node.
     pub icmp_error: IcmpErrorRequest,
+    /// The flow the flow node found for the packet, for the policy node:
+    /// its entry index, or [`Meta::NO_FLOW`].
+    pub flow: u32,
+    /// The packet's direction in `flow` (0 original, 1 reply).
+    pub flow_dir: u8,
 }
 
 const _: () = assert!(core::mem::size_of::<Meta>() == META_SIZE);
@@ -95,8 +100,13 @@ impl Meta {
                 code: 0,
                 mtu: 0,
             },
+            flow: Self::NO_FLOW,
+            flow_dir: 0,
         }
     }
+
+    /// `flow` of a packet without a flow.
+    pub const NO_FLOW: u32 = u32::MAX;
 }
 
 /// Mutable access to one packet: its metadata and its bytes.

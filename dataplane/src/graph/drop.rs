@@ -62,6 +62,8 @@ drop_reasons! {
     IcmpErrorSuppressed => ("icmp-error", "suppressed", "no ICMP error about an ICMP error, a fragment or a non-unicast source"),
     IcmpErrorRateLimited => ("icmp-error", "rate-limited", "ICMP error rate limit reached"),
     IcmpErrorNoHeadroom => ("icmp-error", "no-headroom", "no room to build the ICMP error"),
+    PolicyDenied => ("policy", "denied", "denied by policy"),
+    PolicyNotReady => ("policy", "not-ready", "policy not ready: the endpoint enforces policy and has none yet (fail closed)"),
     TxPortDown => ("interface-output", "port-down", "output interface gone or not yet ready"),
 }
 

@@ -15,10 +15,11 @@ mod drop;
 pub mod nodes;
 
 use crate::buffer::{BufferCache, BufferPool, Frame, Packet};
+use crate::flow::FlowHandle;
 use crate::tables::Tables;
 
 pub use drop::DropReason;
-pub use nodes::Nodes;
+pub use nodes::{FlowNodes, Nodes};
 
 /// Graph nodes, in dispatch order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,6 +34,10 @@ pub enum NodeId {
     Ip6IcmpError,
     Ip4Lookup,
     Ip6Lookup,
+    Ip4Flow,
+    Ip6Flow,
+    Ip4Policy,
+    Ip6Policy,
     Ip4Rewrite,
     Ip6Rewrite,
     /// Terminal: the worker transmits what lands here.
@@ -40,7 +45,7 @@ pub enum NodeId {
 }
 
 impl NodeId {
-    pub const ALL: [NodeId; 12] = [
+    pub const ALL: [NodeId; 16] = [
         NodeId::EthernetInput,
         NodeId::ArpInput,
         NodeId::Ip6Ndisc,
@@ -50,6 +55,10 @@ impl NodeId {
         NodeId::Ip6IcmpError,
         NodeId::Ip4Lookup,
         NodeId::Ip6Lookup,
+        NodeId::Ip4Flow,
+        NodeId::Ip6Flow,
+        NodeId::Ip4Policy,
+        NodeId::Ip6Policy,
         NodeId::Ip4Rewrite,
         NodeId::Ip6Rewrite,
         NodeId::InterfaceOutput,
@@ -67,6 +76,10 @@ impl NodeId {
             NodeId::Ip6IcmpError => "ip6-icmp-error",
             NodeId::Ip4Lookup => "ip4-lookup",
             NodeId::Ip6Lookup => "ip6-lookup",
+            NodeId::Ip4Flow => "ip4-flow",
+            NodeId::Ip6Flow => "ip6-flow",
+            NodeId::Ip4Policy => "ip4-policy",
+            NodeId::Ip6Policy => "ip6-policy",
             NodeId::Ip4Rewrite => "ip4-rewrite",
             NodeId::Ip6Rewrite => "ip6-rewrite",
             NodeId::InterfaceOutput => "interface-output",
@@ -146,7 +159,7 @@ fn drive<N: Node>(
 }
 
 #[inline(always)]
-fn scatter(
+pub(crate) fn scatter(
     next: Next,
     b: crate::buffer::BufferIndex,
     frames: &mut [Frame; NodeId::COUNT],
@@ -172,6 +185,9 @@ pub struct Graph {
     pub counters: GraphCounters,
 }
 
+/// Flows a [`Graph::new`] graph's private flow table holds.
+const PRIVATE_FLOWS: u32 = 1 << 16;
+
 impl Default for Graph {
     fn default() -> Self {
         Self::new()
@@ -179,13 +195,33 @@ impl Default for Graph {
 }
 
 impl Graph {
+    /// A graph with a flow table of its own (for tests and benches).
     pub fn new() -> Self {
+        Self::with_flow_nodes(FlowNodes::private(PRIVATE_FLOWS))
+    }
+
+    /// A graph on a shared flow table (a worker's).
+    pub fn with_flows(flows: FlowHandle) -> Self {
+        Self::with_flow_nodes(FlowNodes::new(flows))
+    }
+
+    fn with_flow_nodes(flows: FlowNodes) -> Self {
         Graph {
             frames: Box::new(std::array::from_fn(|_| Frame::new())),
             scratch: Box::default(),
-            nodes: Nodes::default(),
+            nodes: Nodes::new(flows),
             counters: GraphCounters::default(),
         }
+    }
+
+    /// The flow table handle: the worker announces quiescent points on it.
+    pub fn flows(&mut self) -> &mut FlowHandle {
+        self.nodes.flows.handle()
+    }
+
+    /// Packets policy LOG rules matched so far.
+    pub fn policy_logged(&self) -> u64 {
+        self.nodes.flows.logged
     }
 
     /// The frame received packets go into (ethernet-input's).
@@ -249,6 +285,18 @@ impl Graph {
                     NodeId::Ip6Lookup => {
                         drive(&mut n.ip6_lookup, input, frames, pool, cache, cx, counters)
                     }
+                    NodeId::Ip4Flow => n
+                        .flows
+                        .run_flow::<nodes::V4>(input, frames, pool, cache, cx, counters),
+                    NodeId::Ip6Flow => n
+                        .flows
+                        .run_flow::<nodes::V6>(input, frames, pool, cache, cx, counters),
+                    NodeId::Ip4Policy => n
+                        .flows
+                        .run_policy::<nodes::V4>(input, frames, pool, cache, cx, counters),
+                    NodeId::Ip6Policy => n
+                        .flows
+                        .run_policy::<nodes::V6>(input, frames, pool, cache, cx, counters),
                     NodeId::Ip4Rewrite => {
                         drive(&mut n.ip4_rewrite, input, frames, pool, cache, cx, counters)
                     }

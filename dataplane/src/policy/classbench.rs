@@ -22,8 +22,15 @@ pub const SETS: [&str; 6] = [
 /// Where the data lives: `$CARACAL_CLASSBENCH`, else the shared data folder
 /// of the development machines.
 pub fn data_dir() -> PathBuf {
-    std::env::var_os("CARACAL_CLASSBENCH")
-        .map_or_else(|| PathBuf::from("/work/shared/classbench"), PathBuf::from)
+    std::env::var_os("CARACAL_CLASSBENCH").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/classbench"
+            ))
+        },
+        PathBuf::from,
+    )
 }
 
 /// One ClassBench rule, as written.

@@ -5,6 +5,7 @@
 
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::classifier::{Classifier, Space};
 use super::rule::{IpNet, Prefix};
@@ -30,6 +31,8 @@ pub trait Family:
     fn fold(self) -> u64;
     /// The prefix if `net` is of this family.
     fn prefix(net: IpNet) -> Option<Prefix<Self>>;
+    /// The address as an [`IpAddr`] (for logs and reports).
+    fn to_ip(self) -> IpAddr;
     /// This family's half of a classifier.
     #[doc(hidden)]
     fn space(c: &Classifier) -> &Space<Self>;
@@ -62,6 +65,10 @@ impl Family for u32 {
         }
     }
 
+    fn to_ip(self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(self))
+    }
+
     #[inline(always)]
     fn space(c: &Classifier) -> &Space<Self> {
         &c.v4
@@ -92,6 +99,10 @@ impl Family for u128 {
             IpNet::V6(p) => Some(p),
             IpNet::V4(_) => None,
         }
+    }
+
+    fn to_ip(self) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::from(self))
     }
 
     #[inline(always)]

@@ -81,12 +81,29 @@
 //!
 //! [`classbench`] loads the ClassBench rule sets and traces the tests and
 //! the benchmark use.
+//!
+//! # Endpoint policy
+//!
+//! On top of the classifier sits the policy API's model (`policy.proto`):
+//! [`spec`] has its objects in domain types, [`PolicyDb`] keeps them and
+//! compiles each endpoint direction's tiers of policies into a rule set
+//! (`compile`, with [`AddrSet`] turning negations into positive prefix
+//! sets), and [`EndpointRules`] is what the workers get: per direction a
+//! classifier snapshot and the meaning of each of its rules, including
+//! the LOG, PASS and guard rules resolved with `classify_after`.
 
+mod addrset;
 pub mod classbench;
 mod classifier;
+mod compile;
+mod db;
+mod enforce;
 mod family;
+#[cfg(test)]
+mod interpret;
 mod rule;
 mod ruleset;
+pub mod spec;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -98,6 +115,13 @@ pub use rule::{
     Priority, Rule, RuleId,
 };
 pub use ruleset::RuleSet;
+
+pub use addrset::AddrSet;
+pub use compile::MAX_EXPANSION;
+pub use db::{ApplyError, PolicyDb};
+pub use enforce::{
+    Decision, DirectionRules, EndpointRules, RuleKind, RuleMeta, RuleName, DEFAULT_RULE,
+};
 
 /// Why a rule or rule-set edit was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

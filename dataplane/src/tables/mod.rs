@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use caracal_wire::EthernetAddress;
 
+use crate::policy::EndpointRules;
 use crate::port::{Port, PortId};
 pub use lpm::Lpm;
 
@@ -101,6 +102,28 @@ pub struct PortEntry {
     /// The only IPv6 sources accepted from this port (link-local sources
     /// are accepted for neighbour discovery only).
     pub ipv6: Box<[Ipv6Addr]>,
+    pub policy: PortPolicy,
+}
+
+/// What policy an endpoint (port) enforces.
+#[derive(Debug, Clone, Default)]
+pub enum PolicyMode {
+    /// No attachment and not enforced: everything passes.
+    #[default]
+    Open,
+    /// Enforced but its attachment has not arrived: no IP packet passes
+    /// (fail closed).
+    NotReady,
+    Enforced(Arc<EndpointRules>),
+}
+
+/// A port's policy and the table generation it last changed in: a flow
+/// verdict decided before that generation (for this port or the other
+/// end of the flow) is stale and the flow goes through policy again.
+#[derive(Debug, Clone, Default)]
+pub struct PortPolicy {
+    pub mode: PolicyMode,
+    pub since: u64,
 }
 
 impl PortEntry {
@@ -127,6 +150,10 @@ pub struct Tables {
     pub adjacencies: Arc<[Adjacency]>,
     /// Indexed by [`PortId`].
     pub ports: Arc<[Option<PortEntry>]>,
+    /// Flow verdicts decided before this generation are stale whatever
+    /// their ports (an API route change may have moved flows between
+    /// ports).
+    pub verdicts_since: u64,
 }
 
 impl Tables {

@@ -7,6 +7,11 @@
 //! closes those of removed ones, then acknowledges the generation so the
 //! engine knows the change is live. In `adaptive` mode an idle worker
 //! sleeps in `epoll_wait` on its queues' descriptors and a wake eventfd.
+//!
+//! Each loop is also a quiescent point of the worker's flow table handle
+//! (it holds no flow reference between vectors), and a worker going to
+//! sleep goes offline, so the engine's housekeeping can reclaim expired
+//! flows without waiting for it.
 
 mod sys;
 
@@ -19,6 +24,7 @@ use arc_swap::ArcSwap;
 
 use crate::buffer::{BufferCache, BufferPool, Frame};
 use crate::config::WorkerMode;
+use crate::flow::FlowHandle;
 use crate::graph::{Context, DropReason, Graph, NodeId};
 use crate::port::{Port, PortId, PortQueue};
 use crate::tables::Tables;
@@ -41,6 +47,8 @@ pub struct WorkerCounters {
     pub node_calls: [AtomicU64; NodeId::COUNT],
     pub node_packets: [AtomicU64; NodeId::COUNT],
     pub drops: [AtomicU64; DropReason::COUNT],
+    /// Packets policy LOG rules matched.
+    pub policy_logged: AtomicU64,
 }
 
 impl Default for WorkerCounters {
@@ -51,6 +59,7 @@ impl Default for WorkerCounters {
             node_calls: std::array::from_fn(|_| AtomicU64::new(0)),
             node_packets: std::array::from_fn(|_| AtomicU64::new(0)),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            policy_logged: AtomicU64::new(0),
         }
     }
 }
@@ -75,13 +84,18 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// Starts worker `id`, pinned to `core` when given.
+    /// Starts worker `id`, pinned to `core` when given. `flows` is its
+    /// handle on the flow table, `clock` the time origin every worker and
+    /// the flow housekeeping share.
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         id: usize,
         core: Option<usize>,
         mode: WorkerMode,
         pool: Arc<BufferPool>,
         tables: Arc<ArcSwap<Tables>>,
+        flows: FlowHandle,
+        clock: Instant,
     ) -> std::io::Result<Self> {
         let shared = Arc::new(WorkerShared {
             id,
@@ -102,7 +116,7 @@ impl WorkerHandle {
                         tracing::warn!(worker = id, core, "could not pin worker to its core");
                     }
                 }
-                let mut w = Worker::new(s, mode, pool, tables, epoll);
+                let mut w = Worker::new(s, mode, pool, tables, epoll, flows, clock);
                 w.run();
             })?;
         Ok(WorkerHandle {
@@ -162,6 +176,8 @@ impl Worker {
         pool: Arc<BufferPool>,
         tables: Arc<ArcSwap<Tables>>,
         epoll: Epoll,
+        flows: FlowHandle,
+        clock: Instant,
     ) -> Self {
         let cache = pool.cache();
         Worker {
@@ -174,9 +190,9 @@ impl Worker {
             epoll,
             queues: Vec::new(),
             always_poll: Vec::new(),
-            graph: Graph::new(),
+            graph: Graph::with_flows(flows),
             dirty: Vec::with_capacity(crate::buffer::FRAME_SIZE),
-            start: Instant::now(),
+            start: clock,
         }
     }
 
@@ -197,7 +213,16 @@ impl Worker {
             } else {
                 0
             };
-            let ready = self.epoll.wait(&mut tokens, timeout);
+            // No flow reference survives a loop.
+            self.graph.flows().quiescent();
+            let ready = if timeout > 0 {
+                self.graph.flows().offline();
+                let ready = self.epoll.wait(&mut tokens, timeout);
+                self.graph.flows().online();
+                ready
+            } else {
+                self.epoll.wait(&mut tokens, timeout)
+            };
             let now_ns = self.start.elapsed().as_nanos() as u64;
             let cx = Context {
                 tables: &tables,
@@ -280,6 +305,7 @@ impl Worker {
         for i in 0..DropReason::COUNT {
             store(&c.drops[i], g.drops[i]);
         }
+        store(&c.policy_logged, self.graph.policy_logged());
     }
 
     /// Opens queues of new ports, closes those of removed ones.

@@ -201,6 +201,7 @@ pub fn add_tap_pod(
                 queues: 0,
                 configure: true,
             })),
+            policy_enforced: false,
         }),
     };
     block_on(c.add_interface(req))

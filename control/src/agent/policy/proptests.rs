@@ -250,6 +250,7 @@ impl World {
                 ips: p.addresses(i).into_iter().map(IpNet::from).collect(),
                 interface_kind: InterfaceKind::Tap,
                 socket_path: None,
+                memif: None,
                 dataplane_interface: dataplane_interface_name(ns, &name, "eth0"),
                 mtu: 1500,
             };

@@ -41,7 +41,8 @@ enum LabCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Ping every pod from every pod and print the matrix.
+    /// Ping every pod from every tap pod and print the matrix (a memif pod
+    /// only while its application is connected).
     Probe {
         #[arg(long)]
         json: bool,
@@ -76,17 +77,27 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             } else {
                 println!("NAMESPACE            NAME                 INTERFACE  IPS");
                 for p in &st.pods {
-                    println!("{:<20} {:<20} {:<10} {}", p.namespace, p.name, p.interface, p.ips.join(","));
+                    println!(
+                        "{:<20} {:<20} {:<10} {}",
+                        p.namespace,
+                        p.name,
+                        p.interface,
+                        p.ips.join(",")
+                    );
                 }
                 for s in &st.services {
-                    println!("service {}/{}: {}", s.namespace, s.name, s.cluster_ips.join(","));
+                    println!(
+                        "service {}/{}: {}",
+                        s.namespace,
+                        s.name,
+                        s.cluster_ips.join(",")
+                    );
                 }
             }
             Ok(())
         }
         LabCommand::Probe { json } => {
-            let pods = lab.pods()?;
-            let report = lab::probe(&pods);
+            let report = lab.probe()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -562,6 +562,7 @@ mod tests {
         pb::Interface {
             id: 1,
             spec: Some(pb::InterfaceSpec {
+                policy_enforced: false,
                 name: "default/web-0".into(),
                 addresses: vec!["10.65.0.5/32".into(), "fd00:65::5/128".into()],
                 mtu: 1500,
@@ -636,6 +637,7 @@ mod tests {
         pb::Interface {
             id: 2,
             spec: Some(pb::InterfaceSpec {
+                policy_enforced: false,
                 name: "default/dpdk-0".into(),
                 addresses: vec!["10.65.0.6/32".into()],
                 mtu: 1500,

@@ -102,7 +102,7 @@ impl Node for Ip4Lookup {
         let meta = pkt.meta_mut();
         meta.adjacency = adj;
         meta.flow_hash = hash;
-        Next::Node(NodeId::Ip4Rewrite)
+        Next::Node(NodeId::Ip4Flow)
     }
 }
 

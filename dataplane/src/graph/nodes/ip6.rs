@@ -199,7 +199,7 @@ impl Node for Ip6Lookup {
         let meta = pkt.meta_mut();
         meta.adjacency = adj;
         meta.flow_hash = hash;
-        Next::Node(NodeId::Ip6Rewrite)
+        Next::Node(NodeId::Ip6Flow)
     }
 }
 

@@ -2,17 +2,22 @@
 //!
 //! `ethernet-input` classifies frames; `arp-input` and `ip6-ndisc` answer
 //! for the pod gateway; `ip4-input`/`ip6-input` validate and check the
-//! source; `*-lookup` does the longest-prefix match; `*-rewrite` decrements
+//! source; `*-lookup` does the longest-prefix match; `*-flow` finds the
+//! packet's connection in the flow table and `*-policy` decides those
+//! without a current verdict; `*-rewrite` decrements
 //! TTL/hop limit and writes the Ethernet header; `*-icmp-error` turns a
 //! packet into the ICMP error about it, in place.
 
 mod arp;
 mod ethernet;
+mod flow;
 mod ip4;
 mod ip6;
 
 pub use arp::ArpInput;
 pub use ethernet::EthernetInput;
+pub use flow::FlowNodes;
+pub(crate) use flow::{V4, V6};
 pub use ip4::{Ip4IcmpError, Ip4Input, Ip4Lookup, Ip4Rewrite};
 pub use ip6::{Ip6IcmpError, Ip6Input, Ip6Lookup, Ip6Ndisc, Ip6Rewrite};
 
@@ -20,7 +25,7 @@ pub use ip6::{Ip6IcmpError, Ip6Input, Ip6Lookup, Ip6Ndisc, Ip6Rewrite};
 pub const L2_LEN: usize = caracal_wire::ethernet::HEADER_LEN;
 
 /// State of every node of one worker's graph.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Nodes {
     pub ethernet: EthernetInput,
     pub arp: ArpInput,
@@ -33,6 +38,27 @@ pub struct Nodes {
     pub ip6_lookup: Ip6Lookup,
     pub ip4_rewrite: Ip4Rewrite,
     pub ip6_rewrite: Ip6Rewrite,
+    /// `ip4-flow`, `ip6-flow`, `ip4-policy`, `ip6-policy`.
+    pub flows: FlowNodes,
+}
+
+impl Nodes {
+    pub fn new(flows: FlowNodes) -> Self {
+        Nodes {
+            ethernet: EthernetInput,
+            arp: ArpInput,
+            ndisc: Ip6Ndisc,
+            ip4_input: Ip4Input,
+            ip6_input: Ip6Input,
+            ip4_icmp_error: Ip4IcmpError::default(),
+            ip6_icmp_error: Ip6IcmpError::default(),
+            ip4_lookup: Ip4Lookup,
+            ip6_lookup: Ip6Lookup,
+            ip4_rewrite: Ip4Rewrite,
+            ip6_rewrite: Ip6Rewrite,
+            flows,
+        }
+    }
 }
 
 /// Mixes a flow's addresses and ports into the hash ECMP spreads by.

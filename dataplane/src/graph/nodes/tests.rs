@@ -15,7 +15,7 @@ use crate::buffer::{BufferCache, BufferPool, BufferPoolConfig, Frame, Meta};
 use crate::graph::{Context, DropReason, Graph};
 use crate::port::loopback::{LoopbackPort, Sink};
 use crate::port::{PortId, PortQueue};
-use crate::tables::{AdjPath, Adjacency, Gateway, PortEntry, Tables};
+use crate::tables::{AdjPath, Adjacency, Gateway, PortEntry, PortPolicy, Tables};
 
 const GW: EthernetAddress = EthernetAddress([0xee; 6]);
 const MAC_A: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0xa]);
@@ -53,6 +53,7 @@ fn entry(
         mtu: 1500,
         ipv4: vec![v4].into(),
         ipv6: v6.into_iter().collect(),
+        policy: PortPolicy::default(),
     }
 }
 
@@ -563,4 +564,404 @@ fn loopback_queue_feeds_the_graph() {
     assert_eq!(out.len(), 1);
     q.tx_burst(&mut cache, &mut out);
     assert_eq!(port.take_captured().len(), 1);
+}
+
+// ------------------------------------------------------------------ policy
+
+mod policy {
+    //! The flow and policy nodes: verdicts, replies, fail closed,
+    //! re-evaluation after a change, related ICMP errors.
+
+    use super::*;
+    use crate::graph::NodeId;
+    use crate::policy::spec::*;
+    use crate::policy::{Action, IpNet, PolicyDb, PortRange};
+    use crate::tables::PolicyMode;
+    use caracal_wire::{TcpFlags, TcpPacket};
+
+    fn tcp4(
+        from: EthernetAddress,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        ports: (u16, u16),
+        flags: TcpFlags,
+    ) -> Vec<u8> {
+        let mut ip = vec![0u8; 40];
+        {
+            let mut p = Ipv4Packet::new_unchecked(&mut ip[..]);
+            p.set_version(4);
+            p.set_header_len(20);
+            p.set_total_len(40);
+            p.set_ttl(64);
+            p.set_protocol(IpProtocol::TCP);
+            p.set_src_addr(src);
+            p.set_dst_addr(dst);
+            p.fill_checksum();
+        }
+        {
+            let mut t = TcpPacket::new_unchecked(&mut ip[20..]);
+            t.set_src_port(ports.0);
+            t.set_dst_port(ports.1);
+            t.set_header_len(20);
+            t.set_flags(flags);
+            t.set_window_len(1000);
+            t.fill_checksum_v4(&src, &dst);
+        }
+        eth(GW, from, EtherType::IPV4, &ip)
+    }
+
+    fn syn() -> TcpFlags {
+        TcpFlags::SYN
+    }
+
+    fn syn_ack() -> TcpFlags {
+        TcpFlags(TcpFlags::SYN.0 | TcpFlags::ACK.0)
+    }
+
+    fn ack() -> TcpFlags {
+        TcpFlags::ACK
+    }
+
+    /// UDP from `src` (sent on the port of `from`) to `dst`.
+    fn udp(from: EthernetAddress, src: Ipv4Addr, dst: Ipv4Addr, ports: (u16, u16)) -> Vec<u8> {
+        let mut f = udp4(src, dst, ports.0, 64, b"data");
+        let mut ip = Ipv4Packet::new_unchecked(&mut f[14..]);
+        let mut u = UdpPacket::new_unchecked(ip.payload_mut());
+        u.set_dst_port(ports.1);
+        u.fill_checksum_v4(&src, &dst);
+        EthernetFrame::new_unchecked(&mut f[..]).set_src_addr(from);
+        f
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn rule(action: Action, id: &str) -> RuleSpec {
+        RuleSpec {
+            id: id.into(),
+            ..RuleSpec::new(action)
+        }
+    }
+
+    fn tier(policies: &[&str]) -> Vec<TierSpec> {
+        vec![TierSpec {
+            name: "default".into(),
+            policies: policies.iter().map(|s| s.to_string()).collect(),
+            end_action: EndAction::Deny,
+        }]
+    }
+
+    fn endpoint(name: &str, ingress: &[&str], egress: &[&str]) -> EndpointPolicySpec {
+        EndpointPolicySpec {
+            interface: name.into(),
+            ingress: if ingress.is_empty() {
+                vec![]
+            } else {
+                tier(ingress)
+            },
+            egress: if egress.is_empty() {
+                vec![]
+            } else {
+                tier(egress)
+            },
+            ingress_default: DefaultAction::Allow,
+            egress_default: DefaultAction::Allow,
+        }
+    }
+
+    fn addresses(name: &str) -> Vec<std::net::IpAddr> {
+        match name {
+            "a" => vec![A4.into(), A6.into()],
+            "b" => vec![B4.into(), B6.into()],
+            _ => vec![C4.into()],
+        }
+    }
+
+    /// The lab plus a policy database whose endpoints are its ports.
+    struct PolicyLab {
+        lab: Lab,
+        db: PolicyDb,
+    }
+
+    impl PolicyLab {
+        fn new() -> Self {
+            PolicyLab {
+                lab: Lab::new(),
+                db: PolicyDb::new(),
+            }
+        }
+
+        /// Applies a batch and publishes it like the engine: a new
+        /// generation, and the endpoints that changed enforce it from now.
+        fn apply(&mut self, batch: PolicyBatch) {
+            self.db
+                .validate(&batch, |i| ["a", "b", "c"].contains(&i))
+                .unwrap();
+            let dirty = self.db.apply(batch, addresses);
+            self.lab.tables.generation += 1;
+            let mut ports: Vec<_> = self.lab.tables.ports.to_vec();
+            for name in dirty {
+                let i = ["a", "b", "c"].iter().position(|n| *n == name).unwrap();
+                let e = ports[i].as_mut().unwrap();
+                e.policy.mode = PolicyMode::Enforced(self.db.endpoint_rules(&name).unwrap());
+                e.policy.since = self.lab.tables.generation;
+            }
+            self.lab.tables.ports = ports.into();
+        }
+
+        fn not_ready(&mut self, port: usize) {
+            self.lab.tables.generation += 1;
+            let mut ports: Vec<_> = self.lab.tables.ports.to_vec();
+            let e = ports[port].as_mut().unwrap();
+            e.policy.mode = PolicyMode::NotReady;
+            e.policy.since = self.lab.tables.generation;
+            self.lab.tables.ports = ports.into();
+        }
+
+        /// Frames through, sent on `rx`: how many came out.
+        fn pass(&mut self, rx: u16, frames: Vec<Vec<u8>>) -> usize {
+            self.lab.run(rx, frames).len()
+        }
+
+        fn policed(&self) -> u64 {
+            self.lab.graph.counters.packets[NodeId::Ip4Policy as usize]
+        }
+    }
+
+    /// B accepts TCP 80 from A only.
+    fn web_policy() -> PolicyBatch {
+        let mut r = rule(Action::Allow, "web-from-a");
+        r.protocol = Some(6);
+        r.source.nets = vec![net("10.65.0.1/32")];
+        r.destination.ports = vec![PortRange::exact(80)];
+        PolicyBatch {
+            set_policies: vec![PolicySpec {
+                name: "web".into(),
+                ingress: vec![r],
+                egress: vec![],
+            }],
+            set_endpoints: vec![endpoint("b", &["web"], &[])],
+            ..PolicyBatch::default()
+        }
+    }
+
+    #[test]
+    fn allowed_connections_and_their_replies_pass_the_rest_is_denied() {
+        let mut l = PolicyLab::new();
+        l.apply(web_policy());
+        assert_eq!(l.pass(0, vec![tcp4(MAC_A, A4, B4, (40000, 80), syn())]), 1);
+        assert_eq!(
+            l.pass(1, vec![tcp4(MAC_B, B4, A4, (80, 40000), syn_ack())]),
+            1
+        );
+        assert_eq!(l.pass(0, vec![tcp4(MAC_A, A4, B4, (40000, 80), ack())]), 1);
+        // Not port 80; not from A.
+        assert_eq!(l.pass(0, vec![tcp4(MAC_A, A4, B4, (40001, 22), syn())]), 0);
+        assert_eq!(l.pass(2, vec![tcp4(MAC_C, C4, B4, (40002, 80), syn())]), 0);
+        assert_eq!(l.lab.drops(DropReason::PolicyDenied), 2);
+        // B's egress and A's ingress are open: B may open connections.
+        assert_eq!(l.pass(1, vec![tcp4(MAC_B, B4, A4, (5555, 80), syn())]), 1);
+        // A denied connection stays denied on the fast path.
+        let policed = l.policed();
+        assert_eq!(l.pass(0, vec![tcp4(MAC_A, A4, B4, (40001, 22), syn())]), 0);
+        assert_eq!(l.policed(), policed, "the flow's deny verdict decided");
+        assert_eq!(l.lab.drops(DropReason::PolicyDenied), 3);
+    }
+
+    #[test]
+    fn established_flows_take_the_fast_path() {
+        let mut l = PolicyLab::new();
+        l.apply(web_policy());
+        let open = |p| tcp4(MAC_A, A4, B4, (p, 80), syn());
+        assert_eq!(l.pass(0, (1000..1200).map(open).collect()), 200);
+        assert_eq!(l.policed(), 200);
+        let data = |p| tcp4(MAC_A, A4, B4, (p, 80), ack());
+        assert_eq!(l.pass(0, (1000..1200).map(data).collect()), 200);
+        let back = |p| tcp4(MAC_B, B4, A4, (80, p), ack());
+        assert_eq!(l.pass(1, (1000..1200).map(back).collect()), 200);
+        assert_eq!(l.policed(), 200, "no packet of a known flow was policed");
+        assert_eq!(l.lab.graph.counters.packets[NodeId::Ip4Flow as usize], 600);
+    }
+
+    #[test]
+    fn fail_closed_until_the_policy_arrives() {
+        let mut l = PolicyLab::new();
+        l.not_ready(1);
+        assert_eq!(l.pass(0, vec![udp(MAC_A, A4, B4, (1, 53))]), 0);
+        assert_eq!(l.pass(1, vec![udp(MAC_B, B4, A4, (1, 53))]), 0);
+        assert_eq!(l.lab.drops(DropReason::PolicyNotReady), 2);
+        // Neighbour discovery still works.
+        let ns = neighbor_solicit(
+            B6,
+            Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 1),
+            l.lab.tables.gateway.ipv6,
+        );
+        assert_eq!(l.lab.run(1, vec![ns]).len(), 1);
+        // Nothing was remembered: the policy decides afresh.
+        l.apply(PolicyBatch {
+            set_endpoints: vec![endpoint("b", &[], &[])],
+            ..PolicyBatch::default()
+        });
+        assert_eq!(l.pass(0, vec![udp(MAC_A, A4, B4, (1, 53))]), 1);
+        assert_eq!(l.pass(1, vec![udp(MAC_B, B4, A4, (1, 53))]), 1);
+    }
+
+    #[test]
+    fn a_change_reevaluates_flows_in_their_original_direction() {
+        let mut l = PolicyLab::new();
+        l.apply(web_policy());
+        assert_eq!(l.pass(0, vec![tcp4(MAC_A, A4, B4, (40000, 80), syn())]), 1);
+        assert_eq!(
+            l.pass(1, vec![tcp4(MAC_B, B4, A4, (80, 40000), syn_ack())]),
+            1
+        );
+        // Port 80 from A now needs TCP from 10.65.0.0/24: still allowed.
+        let mut wider = rule(Action::Allow, "web-from-pods");
+        wider.protocol = Some(6);
+        wider.source.nets = vec![net("10.65.0.0/24")];
+        wider.destination.ports = vec![PortRange::exact(80)];
+        l.apply(PolicyBatch {
+            set_policies: vec![PolicySpec {
+                name: "web".into(),
+                ingress: vec![wider],
+                egress: vec![],
+            }],
+            ..PolicyBatch::default()
+        });
+        // The reply side's next packet is judged as A -> B:80, allowed.
+        let before = l.policed();
+        assert_eq!(l.pass(1, vec![tcp4(MAC_B, B4, A4, (80, 40000), ack())]), 1);
+        assert_eq!(l.policed(), before + 1, "re-evaluated once");
+        assert_eq!(l.pass(0, vec![tcp4(MAC_A, A4, B4, (40000, 80), ack())]), 1);
+        assert_eq!(l.policed(), before + 1, "then on the fast path again");
+        // Now nothing is allowed to B: the connection stops at its next
+        // packet, whichever side sends it.
+        l.apply(PolicyBatch {
+            set_policies: vec![PolicySpec {
+                name: "web".into(),
+                ..PolicySpec::default()
+            }],
+            ..PolicyBatch::default()
+        });
+        assert_eq!(l.pass(1, vec![tcp4(MAC_B, B4, A4, (80, 40000), ack())]), 0);
+        assert_eq!(l.pass(0, vec![tcp4(MAC_A, A4, B4, (40000, 80), ack())]), 0);
+        // A change elsewhere (C's policy) does not re-evaluate A-B flows.
+        l.apply(PolicyBatch {
+            set_endpoints: vec![endpoint("c", &[], &[])],
+            ..PolicyBatch::default()
+        });
+        let before = l.policed();
+        assert_eq!(l.pass(0, vec![tcp4(MAC_A, A4, B4, (40000, 80), ack())]), 0);
+        assert_eq!(l.policed(), before, "the deny verdict is still current");
+    }
+
+    #[test]
+    fn egress_and_ingress_must_both_allow() {
+        let mut l = PolicyLab::new();
+        let mut to_b = rule(Action::Allow, "to-b");
+        to_b.destination.nets = vec![net("10.65.0.2/32")];
+        l.apply(PolicyBatch {
+            set_policies: vec![PolicySpec {
+                name: "a-out".into(),
+                ingress: vec![],
+                egress: vec![to_b],
+            }],
+            set_endpoints: vec![endpoint("a", &[], &["a-out"])],
+            ..PolicyBatch::default()
+        });
+        assert_eq!(l.pass(0, vec![udp(MAC_A, A4, B4, (7, 7))]), 1);
+        assert_eq!(l.pass(0, vec![udp(MAC_A, A4, C4, (7, 7))]), 0);
+        // C's ingress denies everything: A -> C fails on both counts, and
+        // A -> B still passes.
+        l.apply(PolicyBatch {
+            set_policies: vec![PolicySpec {
+                name: "closed".into(),
+                ..PolicySpec::default()
+            }],
+            set_endpoints: vec![endpoint("c", &["closed"], &[])],
+            ..PolicyBatch::default()
+        });
+        assert_eq!(l.pass(0, vec![udp(MAC_A, A4, B4, (8, 8))]), 1);
+        // Replies to A's allowed flow come back though A's egress would
+        // not allow B to open anything to A.
+        assert_eq!(l.pass(1, vec![udp(MAC_B, B4, A4, (8, 8))]), 1);
+    }
+
+    #[test]
+    fn icmp_errors_of_allowed_flows_pass() {
+        let mut l = PolicyLab::new();
+        // B may send nothing of its own.
+        l.apply(PolicyBatch {
+            set_policies: vec![PolicySpec {
+                name: "mute".into(),
+                ..PolicySpec::default()
+            }],
+            set_endpoints: vec![endpoint("b", &[], &["mute"])],
+            ..PolicyBatch::default()
+        });
+        let query = udp(MAC_A, A4, B4, (3333, 53));
+        assert_eq!(l.pass(0, vec![query.clone()]), 1);
+        // B's port unreachable about it.
+        let quote = &query[14..14 + 28];
+        let mut icmp = vec![0u8; 8 + quote.len()];
+        icmp[8..].copy_from_slice(quote);
+        {
+            let mut m = Icmpv4Packet::new_unchecked(&mut icmp[..]);
+            m.set_msg_type(icmpv4::DEST_UNREACHABLE);
+            m.set_msg_code(icmpv4::PORT_UNREACHABLE);
+            m.fill_checksum();
+        }
+        let mut ip = vec![0u8; 20 + icmp.len()];
+        let total = ip.len() as u16;
+        {
+            let mut p = Ipv4Packet::new_unchecked(&mut ip[..]);
+            p.set_version(4);
+            p.set_header_len(20);
+            p.set_total_len(total);
+            p.set_ttl(64);
+            p.set_protocol(IpProtocol::ICMP);
+            p.set_src_addr(B4);
+            p.set_dst_addr(A4);
+            p.payload_mut().copy_from_slice(&icmp);
+            p.fill_checksum();
+        }
+        let error = eth(GW, MAC_B, EtherType::IPV4, &ip);
+        assert_eq!(
+            l.pass(1, vec![error.clone()]),
+            1,
+            "related to an allowed flow"
+        );
+        // The same error about a flow that does not exist is B's own.
+        let mut unrelated = error;
+        let q = 14 + 20 + 8;
+        unrelated[q + 20..q + 22].copy_from_slice(&4444u16.to_be_bytes());
+        assert_eq!(l.pass(1, vec![unrelated]), 0);
+        assert_eq!(l.pass(1, vec![udp(MAC_B, B4, A4, (53, 3334))]), 0);
+    }
+
+    #[test]
+    fn log_rules_count_and_go_on() {
+        let mut l = PolicyLab::new();
+        let mut log = rule(Action::Log, "log-udp");
+        log.protocol = Some(17);
+        l.apply(PolicyBatch {
+            set_policies: vec![PolicySpec {
+                name: "p".into(),
+                ingress: vec![log, rule(Action::Allow, "all")],
+                egress: vec![],
+            }],
+            set_endpoints: vec![endpoint("b", &["p"], &[])],
+            ..PolicyBatch::default()
+        });
+        assert_eq!(
+            l.pass(
+                0,
+                vec![udp(MAC_A, A4, B4, (1, 2)), udp(MAC_A, A4, B4, (1, 3))]
+            ),
+            2
+        );
+        assert_eq!(l.pass(0, vec![udp(MAC_A, A4, B4, (1, 2))]), 1);
+        assert_eq!(l.lab.graph.policy_logged(), 2, "first packets only");
+    }
 }

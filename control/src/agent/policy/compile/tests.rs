@@ -53,6 +53,7 @@ impl World {
             ips: vec![format!("{ip}/32").parse().unwrap()],
             interface_kind: InterfaceKind::Tap,
             socket_path: None,
+            memif: None,
             dataplane_interface: dataplane_interface_name(ns, name, "eth0"),
             mtu: 1500,
         };
