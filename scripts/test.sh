@@ -69,8 +69,14 @@ step "Building release binaries"
 cargo build --release --workspace
 
 step "Running tests (CARACAL_REQUIRE_PRIVILEGED=$CARACAL_REQUIRE_PRIVILEGED)"
-cargo test --workspace --no-fail-fast
+test_log=$(mktemp)
+cargo test --workspace --no-fail-fast 2>&1 | tee "$test_log"
+# One closing line over every test binary (cargo prints one per binary,
+# and the last ones are doc-test runs that hold no tests).
+totals=$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed", p, f }' "$test_log")
+rm -f "$test_log"
 
 step "All checks passed"
 elapsed=$((SECONDS - started))
 printf '    total: %dm%02ds\n' $((elapsed / 60)) $((elapsed % 60))
+printf 'tests: %s\n' "$totals"
