@@ -3,7 +3,7 @@
 //! binary as a child process, and a gRPC client to it.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use caracal_proto::dataplane as pb;
 /// skipped. With `CARACAL_REQUIRE_PRIVILEGED=1` (CI) a missing privilege
 /// is a failure, never a skip.
 pub fn privileged() -> bool {
-    // SAFETY-free check: effective uid via /proc.
+    // Effective uid from /proc: no libc call, so no unsafe.
     let root = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -242,8 +242,4 @@ pub fn assert_no_buffer_in_use(client: &DataplaneClient) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-pub fn path_exists(p: &Path) -> bool {
-    p.exists()
 }
