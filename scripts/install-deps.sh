@@ -20,6 +20,7 @@ PACKAGES=(
     libclang-dev   # bindgen, for dataplane/dpdk-sys
     pkg-config     # locating libdpdk
     python3        # helper scripts
+    containernetworking-plugins # the bridge + host-local CNI plugins: the CNI ADD latency peer in perf
 )
 
 log() { printf 'install-deps: %s\n' "$*"; }

@@ -2,7 +2,8 @@
 # The one test command: everything CI checks, in the order it checks it.
 #
 #   install-deps → hugepages (best effort) → rustfmt → clippy →
-#   release build → every test, privileged ones included
+#   release build → benchmark harness and criterion benches in quick
+#   mode → every test, privileged ones included
 #
 # Run as root: the privileged tests (network namespaces, taps, hugepages)
 # fail rather than skip here (CARACAL_REQUIRE_PRIVILEGED=1). A developer
@@ -67,6 +68,25 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "Building release binaries"
 cargo build --release --workspace
+
+step "Benchmark harness, quick mode (caracal-bench --quick)"
+# Proves every side-by-side scenario runs end to end (a scenario that
+# cannot run fails it); the figures of this short mode are not for quoting
+# and go to a scratch folder, not perf/results/.
+if ((EUID == 0)); then
+    bench_out=$(mktemp -d)
+    target/release/caracal-bench --quick --out "$bench_out"
+    rm -rf "$bench_out"
+else
+    echo "skipped: not root (CARACAL_REQUIRE_PRIVILEGED=0)"
+fi
+
+step "Criterion benches, quick mode (dev profile, no timing asserted)"
+# The hot-node benches run once each in criterion's --quick mode, built in
+# the dev profile the tests share (the bench profile would rebuild the
+# whole dependency graph with unwinding): this checks they run, not speed.
+CARACAL_BENCH_QUICK=1 cargo bench --profile dev -p caracal-perf \
+    --bench graph --bench flows --bench classify --bench peers -- --quick
 
 step "Running tests (CARACAL_REQUIRE_PRIVILEGED=$CARACAL_REQUIRE_PRIVILEGED)"
 test_log=$(mktemp)

@@ -14,6 +14,12 @@
 //! snapshot in which every endpoint whose rules changed gets a new
 //! `since` generation, so the flows through it are re-evaluated on their
 //! next packet.
+//!
+//! Interfaces may be cross-connected by name (L2 xconnect, one direction
+//! each); every publication resolves the names to ports, so a peer may be
+//! created after the interface that names it. The workers' runtime
+//! statistics only grow; [`Engine::clear_runtime`] keeps a baseline that
+//! [`Engine::runtime`] subtracts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -30,7 +36,7 @@ use crate::flow::{FlowInfo, FlowTable, FlowTableConfig, FlowTimeouts, L4State};
 use crate::graph::DropReason;
 use crate::model::{
     CountersSnapshot, FlowEntry, InterfaceInfo, InterfaceKindSpec, InterfaceSpec, IpCidr, PathSpec,
-    RouteOrigin, RouteSpec, WorkerStats,
+    RouteOrigin, RouteSpec, RuntimeSnapshot, WorkerStats,
 };
 use crate::policy::spec::{PolicyBatch, PolicyStateSpec};
 use crate::policy::{ApplyError, PolicyDb};
@@ -243,6 +249,8 @@ pub struct Engine {
     /// The time origin of the workers and the flow table.
     clock: Instant,
     housekeeper: Mutex<Housekeeper>,
+    /// What [`Engine::runtime`] subtracts: the counters at the last clear.
+    runtime_base: Mutex<RuntimeSnapshot>,
 }
 
 impl Engine {
@@ -264,6 +272,9 @@ impl Engine {
             ..FlowTableConfig::default()
         })?;
         let clock = Instant::now();
+        // Calibrate the cycle counter now rather than in the first API call.
+        let tsc_hz = crate::worker::cycles_per_second();
+        tracing::debug!(tsc_hz, "cycle counter calibrated");
         let mut workers = Vec::with_capacity(config.workers.len());
         for (id, core) in config.workers.iter().enumerate() {
             let handle = flows.register()?;
@@ -327,6 +338,7 @@ impl Engine {
             timeouts,
             clock,
             housekeeper: Mutex::new(housekeeper),
+            runtime_base: Mutex::new(RuntimeSnapshot::default()),
         }))
     }
 
@@ -352,12 +364,24 @@ impl Engine {
             if existing.spec == spec {
                 return Ok(self.info(&st, existing));
             }
-            let only_the_flag = InterfaceSpec {
+            let in_place = InterfaceSpec {
                 policy_enforced: spec.policy_enforced,
+                xconnect: spec.xconnect.clone(),
                 ..existing.spec.clone()
             } == spec;
-            if only_the_flag {
-                self.set_policy_enforced(&mut st, &spec.name, spec.policy_enforced);
+            if in_place {
+                let old = existing.spec.clone();
+                let iface = st.interfaces.get_mut(&spec.name).expect("found above");
+                iface.spec.xconnect.clone_from(&spec.xconnect);
+                if old.policy_enforced != spec.policy_enforced {
+                    // Publishes the cross-connect too.
+                    self.set_policy_enforced(&mut st, &spec.name, spec.policy_enforced);
+                } else {
+                    self.publish(&mut st);
+                }
+                if old.xconnect != spec.xconnect {
+                    tracing::info!(name = %spec.name, xconnect = ?spec.xconnect, "interface cross-connect changed");
+                }
                 return Ok(self.info(&st, &st.interfaces[&spec.name]));
             }
             self.remove_interface(&mut st, &spec.name);
@@ -729,6 +753,28 @@ impl Engine {
         }
     }
 
+    /// The workers' runtime statistics (VPP's `show runtime`) since the
+    /// start or the last [`Engine::clear_runtime`].
+    pub fn runtime(&self) -> RuntimeSnapshot {
+        let now = self.raw_runtime();
+        now.since(&self.runtime_base.lock().expect("runtime baseline poisoned"))
+    }
+
+    /// Starts the runtime statistics from zero (for [`Engine::runtime`];
+    /// the workers' own counters keep growing).
+    pub fn clear_runtime(&self) {
+        let now = self.raw_runtime();
+        *self.runtime_base.lock().expect("runtime baseline poisoned") = now;
+    }
+
+    fn raw_runtime(&self) -> RuntimeSnapshot {
+        let workers = self.workers.lock().expect("worker list poisoned");
+        RuntimeSnapshot {
+            tsc_hz: crate::worker::cycles_per_second(),
+            workers: workers.iter().map(|w| w.shared.runtime()).collect(),
+        }
+    }
+
     /// Stops the workers and removes every interface. Idempotent.
     pub fn shutdown(&self) {
         let mut st = self.state.lock().expect("engine state poisoned");
@@ -758,6 +804,13 @@ impl Engine {
     /// Publishes the master state and waits until every worker runs it.
     fn publish(&self, st: &mut State) {
         st.generation += 1;
+        let mut xconnects = vec![None; st.ports.len()];
+        for i in st.interfaces.values() {
+            if let Some(peer) = &i.spec.xconnect {
+                let to = st.interfaces.get(peer).map_or(PortId::INVALID, |p| p.id);
+                xconnects[i.id.index()] = Some(to);
+            }
+        }
         let tables = Tables {
             generation: st.generation,
             gateway: st.gateway,
@@ -766,6 +819,7 @@ impl Engine {
             adjacencies: st.adjacencies.snapshot(),
             ports: Arc::from(st.ports.clone()),
             verdicts_since: st.verdicts_since,
+            xconnects: xconnects.into(),
         };
         self.tables.store(Arc::new(tables));
         let workers = self.workers.lock().expect("worker list poisoned");
@@ -853,6 +907,15 @@ impl Drop for Engine {
 fn validate_interface(spec: &mut InterfaceSpec) -> Result<(), EngineError> {
     if spec.name.is_empty() {
         return Err(EngineError::Invalid("interface name is empty".into()));
+    }
+    if spec.xconnect.as_deref() == Some("") {
+        spec.xconnect = None;
+    }
+    if spec.xconnect.as_deref() == Some(spec.name.as_str()) {
+        return Err(EngineError::Invalid(format!(
+            "interface {:?} cannot be cross-connected to itself",
+            spec.name
+        )));
     }
     if spec.mtu == 0 {
         spec.mtu = DEFAULT_MTU;

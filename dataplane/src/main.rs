@@ -1,6 +1,7 @@
 //! `caracal-dataplane`: the dataplane daemon.
 //!
-//! Starts the engine (buffer pool and workers), serves the gRPC API on a
+//! Starts the engine (buffer pool and workers), creates the interfaces
+//! the configuration file declares, serves the gRPC API on a
 //! unix socket, and on SIGTERM or SIGINT stops serving, shuts the engine
 //! down (which removes the interfaces it made), removes the socket and
 //! exits 0.
@@ -25,7 +26,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 
-use daemon_config::{DaemonConfig, DEFAULT_SOCKET};
+use daemon_config::{DaemonConfig, InterfaceConfig, DEFAULT_SOCKET};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -63,6 +64,10 @@ struct Cli {
     /// available.
     #[arg(long)]
     no_hugepages: bool,
+
+    /// Capacity of the flow table (conntrack), flows.
+    #[arg(long, value_name = "N")]
+    flows: Option<u32>,
 }
 
 impl Cli {
@@ -87,6 +92,9 @@ impl Cli {
         }
         if self.no_hugepages {
             config.engine.hugepages = false;
+        }
+        if let Some(flows) = self.flows {
+            config.engine.flows = flows;
         }
         Ok(config)
     }
@@ -132,6 +140,18 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         .context("starting the engine")?
         .context("starting the engine")?;
 
+    let created = {
+        let (engine, interfaces) = (Arc::clone(&engine), config.interfaces.clone());
+        tokio::task::spawn_blocking(move || create_interfaces(&engine, &interfaces))
+            .await
+            .context("creating the configured interfaces")
+            .and_then(|r| r)
+    };
+    if let Err(e) = created {
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        return Err(e);
+    }
+
     let served = api::serve(Arc::clone(&engine), &config.socket, shutdown).await;
 
     info!("stopping the workers and removing the interfaces");
@@ -139,6 +159,19 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     served?;
     stopped.context("shutting the engine down")?;
     info!("stopped");
+    Ok(())
+}
+
+/// Creates the configuration file's `[[interfaces]]`, in order, as the
+/// API would (same validation, same defaults).
+fn create_interfaces(engine: &Engine, interfaces: &[InterfaceConfig]) -> anyhow::Result<()> {
+    for i in interfaces {
+        let what = || format!("config: interface {:?}", i.name);
+        let spec = api::convert::interface_spec_from_proto(Some(i.to_proto()?))
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))
+            .with_context(what)?;
+        engine.add_interface(spec).with_context(what)?;
+    }
     Ok(())
 }
 

@@ -99,6 +99,11 @@ pub struct InterfaceSpec {
     /// Fail closed: no IP traffic to or from the interface until its
     /// endpoint policy arrives.
     pub policy_enforced: bool,
+    /// L2 cross-connect: every frame received on this interface leaves
+    /// unchanged by the interface of this name (which need not exist yet;
+    /// until it does, the frames are dropped as port-down). One direction;
+    /// the other is the peer's own setting.
+    pub xconnect: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +233,92 @@ impl CountersSnapshot {
             .filter(|(_, n)| *n > 0)
             .map(|(r, n)| (*r, n))
             .collect()
+    }
+}
+
+/// What `GetRuntime` reports (VPP's `show runtime`): per worker and per
+/// node, raw totals since the start or the last clear.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeSnapshot {
+    /// Rate of the cycle counter the clocks are in, per second.
+    pub tsc_hz: u64,
+    pub workers: Vec<WorkerRuntime>,
+}
+
+/// One worker's poll loop and nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerRuntime {
+    pub worker: usize,
+    pub core: Option<usize>,
+    /// Poll loop iterations.
+    pub loops: u64,
+    /// Iterations that received no packet.
+    pub idle_loops: u64,
+    /// Cycles of all iterations, sleep included.
+    pub clocks: u64,
+    /// Cycles of the iterations that received nothing.
+    pub idle_clocks: u64,
+    /// `port-input` (rx bursts), the graph's nodes in dispatch order,
+    /// `port-output` (tx bursts).
+    pub nodes: Vec<NodeRuntime>,
+}
+
+/// One node (or burst pseudo-node) of one worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeRuntime {
+    pub name: &'static str,
+    /// Times it ran (a vector each; every poll for `port-input`).
+    pub calls: u64,
+    /// Packets it handled.
+    pub vectors: u64,
+    /// Cycles it spent.
+    pub clocks: u64,
+}
+
+impl RuntimeSnapshot {
+    /// What was counted since `base`, an earlier snapshot of the same
+    /// dataplane (workers matched by id, nodes by name).
+    pub fn since(&self, base: &RuntimeSnapshot) -> RuntimeSnapshot {
+        let workers = self
+            .workers
+            .iter()
+            .map(
+                |w| match base.workers.iter().find(|b| b.worker == w.worker) {
+                    Some(b) => w.since(b),
+                    None => w.clone(),
+                },
+            )
+            .collect();
+        RuntimeSnapshot {
+            tsc_hz: self.tsc_hz,
+            workers,
+        }
+    }
+}
+
+impl WorkerRuntime {
+    fn since(&self, b: &WorkerRuntime) -> WorkerRuntime {
+        WorkerRuntime {
+            worker: self.worker,
+            core: self.core,
+            loops: self.loops.saturating_sub(b.loops),
+            idle_loops: self.idle_loops.saturating_sub(b.idle_loops),
+            clocks: self.clocks.saturating_sub(b.clocks),
+            idle_clocks: self.idle_clocks.saturating_sub(b.idle_clocks),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| match b.nodes.iter().find(|m| m.name == n.name) {
+                    Some(m) => NodeRuntime {
+                        name: n.name,
+                        calls: n.calls.saturating_sub(m.calls),
+                        vectors: n.vectors.saturating_sub(m.vectors),
+                        clocks: n.clocks.saturating_sub(m.clocks),
+                    },
+                    None => n.clone(),
+                })
+                .collect(),
+        }
     }
 }
 

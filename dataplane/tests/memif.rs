@@ -63,6 +63,7 @@ fn pod_spec(name: &str, socket: &str, addr: Ipv4Addr, mac: EthernetAddress) -> I
             peer_mac: Some(mac),
         }),
         policy_enforced: false,
+        xconnect: None,
     }
 }
 

@@ -332,6 +332,7 @@ fn add_memif(
             ..pb::MemifSpec::default()
         })),
         policy_enforced: false,
+        xconnect: String::new(),
     };
     block_on(c.add_interface(pb::AddInterfaceRequest { spec: Some(spec) }))
         .unwrap_or_else(|e| panic!("AddInterface {name}: {e}"));

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use caracal_dataplane::policy::classbench::{self, BenchRule};
 use caracal_dataplane::policy::{Classifier, Hit, PacketKey4, RuleId, RuleSet};
+use caracal_perf::peers::uniform_key;
+use caracal_perf::rng::Rng;
 
 const BATCH: usize = 64;
 
@@ -60,47 +62,6 @@ impl Opts {
         } else {
             usize::MAX
         }
-    }
-}
-
-/// splitmix64: a small deterministic generator (no extra dependency).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (((self.next() >> 32) * n as u64) >> 32) as usize
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i + 1));
-        }
-    }
-
-    /// Uniform addresses and ports; protocol TCP, UDP, ICMP or random.
-    fn key(&mut self) -> PacketKey4 {
-        let (a, b) = (self.next(), self.next());
-        let proto = match b & 3 {
-            0 => 6,
-            1 => 17,
-            2 => 1,
-            _ => (b >> 56) as u8,
-        };
-        PacketKey4::new(
-            a as u32,
-            (a >> 32) as u32,
-            proto,
-            (b >> 8) as u16,
-            (b >> 24) as u16,
-        )
     }
 }
 
@@ -185,7 +146,7 @@ fn run(set: &str, opts: &Opts) {
     let mut shuffled = trace_keys.clone();
     rng.shuffle(&mut shuffled);
     let random: Vec<PacketKey4> = (0..trace_keys.len().max(BATCH))
-        .map(|_| rng.key())
+        .map(|_| uniform_key(&mut rng))
         .collect();
     let checked = opts.checked().min(trace_keys.len());
     check(set, &c, &rules, &shuffled[..checked]);

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use caracal_dataplane::flow::{
     FlowHandle, FlowHit, FlowKey, FlowTable, FlowTableConfig, NewFlow, Tracked, Zone,
 };
+use caracal_perf::rng::Rng;
 use caracal_wire::{IpProtocol, TcpFlags};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -35,27 +36,15 @@ fn quick() -> bool {
     std::env::var_os("CARACAL_BENCH_QUICK").is_some_and(|v| v != "0")
 }
 
-/// xorshift64: the bench's only randomness, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// A pod-to-pod TCP flow: random client address and port, one of a few
 /// server ports on a random server.
 fn random_key(rng: &mut Rng) -> FlowKey {
-    let r = rng.next();
+    let r = rng.next_u64();
     let client = (
         Ipv4Addr::from(0x0a40_0000 | (r as u32 & 0x3f_ffff)),
         (r >> 32) as u16 | 1024,
     );
-    let s = rng.next();
+    let s = rng.next_u64();
     let server = (
         Ipv4Addr::from(0x0a41_0000 | (s as u32 & 0xffff)),
         [80, 443, 8080, 53][(s >> 40) as usize % 4],
@@ -113,7 +102,7 @@ impl Established {
                 forwarding: Some(1),
             };
             if handle.insert(&key, T0, &first).expect("room").created {
-                keys.push(if rng.next() & 1 == 0 {
+                keys.push(if rng.next_u64() & 1 == 0 {
                     key
                 } else {
                     key.reverse()
@@ -124,7 +113,7 @@ impl Established {
         keys.retain(|k| handle.lookup(k).is_some());
         // Random lookup order, so consecutive lookups share no bucket.
         for i in (1..keys.len()).rev() {
-            keys.swap(i, rng.next() as usize % (i + 1));
+            keys.swap(i, rng.next_u64() as usize % (i + 1));
         }
         Established {
             table,

@@ -9,12 +9,16 @@
 //! (load-balancing tables from Services and EndpointSlices) will be
 //! computed here from the same inputs, into further fields of
 //! [`DataplaneState`].
+//!
+//! [`desired_state`] computes it all from scratch; the agent keeps a
+//! [`Calculator`], which gives the same state from one change to the next
+//! at the cost of what changed (see [`policy::incremental`]).
 
 use super::datastore::Objects;
 use super::endpoints::{Endpoint, Endpoints, InterfaceKind as EndpointKind};
 use super::memif;
 use super::model::{DataplaneState, InterfaceKind, InterfaceSpec, TapSpec};
-use super::policy;
+use super::policy::{self, DesiredPolicy, PolicyCalculator};
 
 /// Everything the calculation reads.
 #[derive(Debug, Clone, Copy)]
@@ -27,19 +31,43 @@ pub struct Inputs<'a> {
 
 /// The dataplane state `inputs` call for.
 pub fn desired_state(inputs: Inputs<'_>) -> DataplaneState {
+    with_policy(inputs, policy::calculate(inputs.objects, inputs.endpoints))
+}
+
+/// The state of `inputs` around their compiled `policy`.
+fn with_policy(inputs: Inputs<'_>, policy: DesiredPolicy) -> DataplaneState {
     let mut state = DataplaneState::default();
     for ep in inputs.endpoints.values() {
         if let Some(spec) = interface_of(ep) {
             state.interfaces.insert(spec.name.clone(), spec);
         }
     }
-    state.policy = policy::calculate(inputs.objects, inputs.endpoints);
+    state.policy = policy;
     // Attachments only for the interfaces the dataplane will have.
     state
         .policy
         .endpoints
         .retain(|name, _| state.interfaces.contains_key(name));
     state
+}
+
+/// [`desired_state`] from one set of inputs to the next, the policy
+/// updated incrementally.
+#[derive(Debug, Default)]
+pub struct Calculator {
+    policy: PolicyCalculator,
+}
+
+impl Calculator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What [`desired_state`] returns for `inputs`.
+    pub fn desired_state(&mut self, inputs: Inputs<'_>) -> DataplaneState {
+        let policy = self.policy.update(inputs.objects, inputs.endpoints).clone();
+        with_policy(inputs, policy)
+    }
 }
 
 /// The dataplane interface of one endpoint; `None` for kinds the
@@ -68,6 +96,7 @@ pub fn interface_of(ep: &Endpoint) -> Option<InterfaceSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::datastore::Object;
     use crate::agent::endpoints::{dataplane_interface_name, EndpointKey};
     use std::collections::BTreeMap;
     use std::sync::Arc;
@@ -174,6 +203,41 @@ mod tests {
             a.ingress.is_empty() && a.egress.is_empty(),
             "no policy: open"
         );
+    }
+
+    #[test]
+    fn the_calculator_gives_what_the_calculation_gives() {
+        use crate::agent::datastore::objects::StoredKind;
+        let eps = endpoints(vec![
+            endpoint("a", EndpointKind::Tap, &["10.65.0.1/32"]),
+            endpoint("v", EndpointKind::VhostUser, &["10.65.0.5/32"]),
+        ]);
+        let pod = |labels: serde_json::Value| -> Object {
+            let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "a", "namespace": "default", "labels": labels},
+            }))
+            .unwrap();
+            pod.into_object()
+        };
+        let np: k8s_openapi::api::networking::v1::NetworkPolicy =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "np", "namespace": "default"},
+                "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                         "ingress": [{"from": [{"podSelector": {}}]}]},
+            }))
+            .unwrap();
+        let mut calculator = Calculator::new();
+        for objects in [
+            Objects::from_objects([pod(serde_json::json!({"app": "web"})), np.into_object()]),
+            Objects::from_objects([pod(serde_json::json!({"app": "db"}))]),
+            Objects::default(),
+        ] {
+            let inputs = Inputs {
+                objects: &objects,
+                endpoints: &eps,
+            };
+            assert_eq!(calculator.desired_state(inputs), desired_state(inputs));
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use caracal_proto::agent::agent_server::AgentServer;
@@ -162,8 +162,10 @@ pub async fn run(
 
 /// The sync loop's view of the desired state: nothing until the datastore
 /// has been listed (so that a restarted agent does not program a partial
-/// picture), then the calculation over the latest snapshots.
+/// picture), then the calculation over the latest snapshots, updated from
+/// the previous one.
 fn desired_fn(store: Store, endpoints: Arc<EndpointRegistry>) -> DesiredFn {
+    let calculator = Mutex::new(calc::Calculator::new());
     Arc::new(move || {
         if !store.is_synced() {
             return None;
@@ -172,10 +174,13 @@ fn desired_fn(store: Store, endpoints: Arc<EndpointRegistry>) -> DesiredFn {
         let revision = store.revision().current();
         let objects = store.snapshot();
         let endpoints = endpoints.snapshot();
-        let state = calc::desired_state(Inputs {
-            objects: &objects,
-            endpoints: &endpoints,
-        });
+        let state = calculator
+            .lock()
+            .expect("calculator poisoned")
+            .desired_state(Inputs {
+                objects: &objects,
+                endpoints: &endpoints,
+            });
         Some((revision, state))
     })
 }

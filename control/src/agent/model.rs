@@ -179,6 +179,8 @@ impl InterfaceSpec {
             mtu: u32::from(self.mtu),
             kind,
             policy_enforced: self.policy_enforced,
+            // Pods are never cross-connected.
+            xconnect: String::new(),
         }
     }
 

@@ -67,7 +67,7 @@ impl PolicySync {
         &mut self,
         conn: &Connection,
         revision: u64,
-        desired: &DesiredPolicy,
+        desired: DesiredPolicy,
         touched: &BTreeSet<String>,
         present: &BTreeMap<String, pb::Interface>,
     ) -> PolicyOutcome {
@@ -81,7 +81,7 @@ impl PolicySync {
         known
             .endpoints
             .retain(|name, _| !touched.contains(name) && present.contains_key(name));
-        let mut want = desired.clone();
+        let mut want = desired;
         want.endpoints.retain(|name, _| present.contains_key(name));
         let batch = policy::diff(&known, &want);
         if policy::diff::is_empty(&batch) {

@@ -342,7 +342,7 @@ impl SyncLoop {
             .collect();
         let outcome = self
             .policy
-            .reconcile(conn, revision, &desired.policy, &touched, &present)
+            .reconcile(conn, revision, desired.policy, &touched, &present)
             .await;
         match outcome {
             PolicyOutcome::Synced => {}

@@ -2,14 +2,17 @@
 //! its API socket.
 //!
 //! ```text
-//! caracalctl [--socket PATH] show interfaces|routes|counters|flows [--json]
+//! caracalctl [--socket PATH] show interfaces|routes|counters|flows|runtime [--json]
 //! caracalctl show policy NAMESPACE/POD [--json]
+//! caracalctl clear runtime
 //! caracalctl interface add tap NAME --netns PATH [--ifname IFNAME]
 //!            [--address CIDR]... [--mtu N] [--queues N] [--configure]
+//!            [--xconnect IFACE]
 //! caracalctl interface add memif NAME --memif-socket PATH|@NAME --role server|client
 //!            [--id N] [--secret S] [--queues N] [--address CIDR]... [--mtu N]
 //!            [--mode ethernet|ip] [--rx-mode interrupt|polling]
-//!            [--ring-size N] [--buffer-size N] [--peer-mac MAC]
+//!            [--ring-size N] [--buffer-size N] [--peer-mac MAC] [--xconnect IFACE]
+//! caracalctl interface xconnect FROM TO | FROM --off
 //! caracalctl interface del NAME
 //! caracalctl route add PREFIX --via IFACE[,GATEWAY] [--via ...]
 //! caracalctl route del PREFIX
@@ -40,7 +43,7 @@ use caracal_proto::dataplane as pb;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
-use view::{CountersView, InterfaceView, InterfacesView, RouteView, RoutesView};
+use view::{CountersView, InterfaceView, InterfacesView, RouteView, RoutesView, RuntimeView};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -65,8 +68,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show interfaces, routes or counters.
+    /// Show interfaces, routes, counters, runtime statistics...
     Show(ShowArgs),
+    /// Reset statistics.
+    #[command(subcommand)]
+    Clear(ClearWhat),
     /// Create or remove interfaces.
     #[command(subcommand)]
     Interface(InterfaceCommand),
@@ -103,6 +109,15 @@ enum ShowWhat {
     },
     /// The flow table, with each flow's verdict and deciding rule.
     Flows,
+    /// Per worker and node: calls, packets, cycles per packet (VPP's
+    /// `show runtime`).
+    Runtime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+enum ClearWhat {
+    /// Start `show runtime` from zero.
+    Runtime,
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +130,18 @@ enum InterfaceCommand {
     Del {
         /// Interface name.
         name: String,
+    },
+    /// Cross-connect (L2): send every frame FROM receives out of TO,
+    /// unchanged. One direction; run it again the other way for both.
+    Xconnect {
+        /// The receiving interface.
+        from: String,
+        /// The interface frames leave by.
+        #[arg(required_unless_present = "off", conflicts_with = "off")]
+        to: Option<String>,
+        /// Remove FROM's cross-connect instead.
+        #[arg(long)]
+        off: bool,
     },
 }
 
@@ -150,6 +177,9 @@ struct TapArgs {
     /// addresses and default routes via the gateway.
     #[arg(long)]
     configure: bool,
+    /// Cross-connect: send every received frame out of this interface.
+    #[arg(long, value_name = "IFACE")]
+    xconnect: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -213,6 +243,9 @@ struct MemifArgs {
     /// MAC of the peer's interface (default: broadcast).
     #[arg(long, value_name = "MAC")]
     peer_mac: Option<String>,
+    /// Cross-connect: send every received frame out of this interface.
+    #[arg(long, value_name = "IFACE")]
+    xconnect: Option<String>,
 }
 
 impl MemifArgs {
@@ -256,6 +289,7 @@ impl MemifArgs {
             })),
             // Hand-made interfaces pass traffic without policy.
             policy_enforced: false,
+            xconnect: self.xconnect.clone().unwrap_or_default(),
         })
     }
 }
@@ -276,6 +310,7 @@ impl TapArgs {
                 configure: self.configure,
             })),
             policy_enforced: false,
+            xconnect: self.xconnect.clone().unwrap_or_default(),
         })
     }
 }
@@ -406,6 +441,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     })?;
                     (to_json(&view)?, policy::policy_text(&view))
                 }
+                ShowWhat::Runtime => {
+                    let view = RuntimeView::from(rpc(dp
+                        .stats
+                        .get_runtime(pb::GetRuntimeRequest {})
+                        .await)?);
+                    (to_json(&view)?, view::runtime_text(&view))
+                }
                 ShowWhat::Flows => {
                     let list = dp
                         .policy
@@ -427,6 +469,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 AddInterface::Tap(tap) => tap.spec()?,
                 AddInterface::Memif(memif) => memif.spec()?,
             };
+            let added = dp
+                .interfaces
+                .add_interface(pb::AddInterfaceRequest { spec: Some(spec) })
+                .await;
+            let view = InterfaceView::from(rpc(added)?);
+            emit(&view::interfaces_table(&[view]).to_string())
+        }
+        Command::Clear(ClearWhat::Runtime) => {
+            rpc(dp.stats.clear_runtime(pb::ClearRuntimeRequest {}).await)?;
+            Ok(())
+        }
+        Command::Interface(InterfaceCommand::Xconnect { from, to, off: _ }) => {
+            // AddInterface with the same spec but this field changes the
+            // interface in place.
+            let list = rpc(dp
+                .interfaces
+                .list_interfaces(pb::ListInterfacesRequest {})
+                .await)?;
+            let mut spec = list
+                .interfaces
+                .into_iter()
+                .filter_map(|i| i.spec)
+                .find(|s| s.name == from)
+                .with_context(|| format!("no interface {from:?}"))?;
+            spec.xconnect = to.unwrap_or_default();
             let added = dp
                 .interfaces
                 .add_interface(pb::AddInterfaceRequest { spec: Some(spec) })
@@ -529,6 +596,54 @@ mod tests {
     }
 
     #[test]
+    fn runtime_is_shown_and_cleared() {
+        let Command::Show(show) = parse(&["show", "runtime", "--json"]).command else {
+            panic!()
+        };
+        assert_eq!(show.what, ShowWhat::Runtime);
+        assert!(show.json);
+        let Command::Clear(what) = parse(&["clear", "runtime"]).command else {
+            panic!()
+        };
+        assert_eq!(what, ClearWhat::Runtime);
+    }
+
+    #[test]
+    fn interface_xconnect_sets_or_removes_one_direction() {
+        let Command::Interface(InterfaceCommand::Xconnect { from, to, off }) =
+            parse(&["interface", "xconnect", "a", "b"]).command
+        else {
+            panic!()
+        };
+        assert_eq!((from.as_str(), to.as_deref(), off), ("a", Some("b"), false));
+        let Command::Interface(InterfaceCommand::Xconnect { to, off, .. }) =
+            parse(&["interface", "xconnect", "a", "--off"]).command
+        else {
+            panic!()
+        };
+        assert_eq!((to, off), (None, true));
+        assert!(parse_err(&["interface", "xconnect", "a"]).contains("required"));
+        assert!(parse_err(&["interface", "xconnect", "a", "b", "--off"]).contains("cannot be used"));
+        let Command::Interface(InterfaceCommand::Add(AddInterface::Memif(m))) = parse(&[
+            "interface",
+            "add",
+            "memif",
+            "in",
+            "--memif-socket",
+            "@in",
+            "--role",
+            "server",
+            "--xconnect",
+            "out",
+        ])
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(m.spec().unwrap().xconnect, "out");
+    }
+
+    #[test]
     fn show_policy_takes_a_pod() {
         let Command::Show(show) = parse(&["show", "policy", "prod/web", "--json"]).command else {
             panic!()
@@ -575,6 +690,7 @@ mod tests {
             tap.spec().unwrap(),
             pb::InterfaceSpec {
                 policy_enforced: false,
+                xconnect: String::new(),
                 name: "default/web-0".into(),
                 addresses: vec!["10.65.0.5/32".into(), "fd00:65::5/128".into()],
                 mtu: 9000,
@@ -643,6 +759,7 @@ mod tests {
             m.spec().unwrap(),
             pb::InterfaceSpec {
                 policy_enforced: false,
+                xconnect: String::new(),
                 name: "default/dpdk-0".into(),
                 addresses: vec!["10.65.0.6/32".into()],
                 mtu: 1500,

@@ -60,26 +60,38 @@ pub fn network_config(agent_socket: &Path, prev_result: Option<&Value>) -> Value
     conf
 }
 
-/// Runs one CNI command; returns the parsed stdout (the result for ADD).
+/// Runs one command of the `caracal` plugin in `bin_dir`; returns the
+/// parsed stdout (the result for ADD).
 pub fn run(
     bin_dir: &Path,
     command: &'static str,
     att: &Attachment<'_>,
     config: &Value,
 ) -> Result<Value, CniError> {
-    let plugin = bin_dir.join("caracal");
+    run_plugin(&bin_dir.join("caracal"), bin_dir, command, att, config)
+}
+
+/// Runs one command of any CNI plugin (`cni_path` is where it finds its
+/// delegates, such as an IPAM plugin).
+pub fn run_plugin(
+    plugin: &Path,
+    cni_path: &Path,
+    command: &'static str,
+    att: &Attachment<'_>,
+    config: &Value,
+) -> Result<Value, CniError> {
     let args = format!(
         "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
         att.namespace, att.pod, att.container_id
     );
-    let mut child = Command::new(&plugin)
+    let mut child = Command::new(plugin)
         .env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", att.container_id)
         .env("CNI_NETNS", att.netns)
         .env("CNI_IFNAME", "eth0")
         .env("CNI_ARGS", args)
-        .env("CNI_PATH", bin_dir)
+        .env("CNI_PATH", cni_path)
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -65,6 +65,22 @@ impl Daemon {
     }
 }
 
+/// The dataplane's `--workers` (a count or a CPU list such as "1"); one
+/// unpinned worker unless set. The benchmark harness pins the worker.
+pub const WORKERS_ENV: &str = "CARACAL_LAB_WORKERS";
+/// The dataplane's `--mode`, `adaptive` unless set (benchmarks use `poll`).
+pub const MODE_ENV: &str = "CARACAL_LAB_MODE";
+
+/// The dataplane's `--flows` (flow table capacity), 256 Ki unless set.
+pub const FLOWS_ENV: &str = "CARACAL_LAB_FLOWS";
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.into())
+}
+
 /// Runs until SIGTERM/SIGINT.
 pub async fn run(lab: &Lab) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
@@ -79,9 +95,11 @@ pub async fn run(lab: &Lab) -> anyhow::Result<()> {
                 "--socket".into(),
                 path(&lab.dataplane_socket()),
                 "--workers".into(),
-                "1".into(),
+                env_or(WORKERS_ENV, "1"),
                 "--mode".into(),
-                "adaptive".into(),
+                env_or(MODE_ENV, "adaptive"),
+                "--flows".into(),
+                env_or(FLOWS_ENV, "262144"),
             ],
             log: logs.join("dataplane.log"),
             pid_file: lab.dir.join("dataplane.pid"),

@@ -20,7 +20,7 @@ use crate::graph::DropReason;
 use crate::model::{
     CountersSnapshot, InterfaceInfo, InterfaceKindSpec, InterfaceSpec, IpCidr, MemifMode,
     MemifRingDirection, MemifRole, MemifRxMode, MemifSpec, MemifStatus, PathSpec, RouteOrigin,
-    RouteSpec, TapSpec, WorkerStats,
+    RouteSpec, RuntimeSnapshot, TapSpec, WorkerStats,
 };
 use crate::policy::ApplyError;
 use crate::port::memif::{self, MemifError};
@@ -167,6 +167,10 @@ pub fn interface_spec_from_proto(spec: Option<pb::InterfaceSpec>) -> Result<Inte
         mtu,
         kind,
         policy_enforced: spec.policy_enforced,
+        xconnect: match spec.xconnect {
+            x if x.is_empty() => None,
+            x => Some(object_name("spec.xconnect", x)?),
+        },
     })
 }
 
@@ -446,8 +450,8 @@ fn interface_kind_to_proto(kind: PortKind) -> pb::InterfaceKind {
     match kind {
         PortKind::Tap => pb::InterfaceKind::Tap,
         PortKind::Memif => pb::InterfaceKind::Memif,
-        // Test ports have no kind in the API.
-        PortKind::Loopback => pb::InterfaceKind::Unspecified,
+        // Test ports and uplinks have no kind in the API.
+        PortKind::Loopback | PortKind::AfPacket => pb::InterfaceKind::Unspecified,
     }
 }
 
@@ -487,6 +491,7 @@ pub fn interface_spec_to_proto(spec: InterfaceSpec) -> pb::InterfaceSpec {
         mtu: u32::from(spec.mtu),
         kind: Some(kind),
         policy_enforced: spec.policy_enforced,
+        xconnect: spec.xconnect.unwrap_or_default(),
     }
 }
 
@@ -541,6 +546,34 @@ fn worker_to_proto(w: &WorkerStats) -> pb::WorkerCounters {
     }
 }
 
+pub fn runtime_to_proto(r: RuntimeSnapshot) -> pb::Runtime {
+    pb::Runtime {
+        tsc_hz: r.tsc_hz,
+        workers: r
+            .workers
+            .into_iter()
+            .map(|w| pb::WorkerRuntime {
+                worker: u32::try_from(w.worker).unwrap_or(u32::MAX),
+                core: w.core.and_then(|c| i32::try_from(c).ok()).unwrap_or(-1),
+                loops: w.loops,
+                idle_loops: w.idle_loops,
+                clocks: w.clocks,
+                idle_clocks: w.idle_clocks,
+                nodes: w
+                    .nodes
+                    .into_iter()
+                    .map(|n| pb::NodeRuntime {
+                        name: n.name.to_owned(),
+                        calls: n.calls,
+                        vectors: n.vectors,
+                        clocks: n.clocks,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
 fn drops_to_proto(drops: &[(DropReason, u64)]) -> Vec<pb::DropCounter> {
     drops
         .iter()
@@ -573,6 +606,7 @@ mod tests {
                 configure: true,
             })),
             policy_enforced: true,
+            xconnect: String::new(),
         }
     }
 
@@ -612,6 +646,7 @@ mod tests {
                     configure: true,
                 }),
                 policy_enforced: true,
+                xconnect: None,
             }
         );
     }
@@ -752,6 +787,7 @@ mod tests {
             mtu: 0,
             kind: Some(pb::interface_spec::Kind::Memif(m)),
             policy_enforced: false,
+            xconnect: "default/dpdk-1".into(),
         }
     }
 
@@ -773,6 +809,12 @@ mod tests {
                 peer_mac: None,
             })
         );
+        assert_eq!(spec.xconnect.as_deref(), Some("default/dpdk-1"));
+        let bad = interface_spec_from_proto(Some(pb::InterfaceSpec {
+            xconnect: "a\nb".into(),
+            ..memif_spec(|_| {})
+        }));
+        assert_invalid(bad, "spec.xconnect: \"a\\nb\" contains control characters");
     }
 
     #[test]

@@ -138,6 +138,26 @@ mod tests {
         assert_eq!(buffers.total, 1024);
         assert!(!buffers.hugepages);
 
+        let runtime = stats
+            .get_runtime(pb::GetRuntimeRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(runtime.tsc_hz > 0);
+        assert_eq!(runtime.workers.len(), 1);
+        let names: Vec<&str> = runtime.workers[0]
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(names.first(), Some(&"port-input"));
+        assert_eq!(names.last(), Some(&"port-output"));
+        assert!(names.contains(&"l2-xconnect") && names.contains(&"interface-output"));
+        stats
+            .clear_runtime(pb::ClearRuntimeRequest {})
+            .await
+            .unwrap();
+
         let bad = pb::AddInterfaceRequest {
             spec: Some(pb::InterfaceSpec {
                 name: "p".into(),

@@ -171,6 +171,26 @@ impl Stats for DataplaneApi {
         let counters = self.engine("GetCounters", |e| Ok(e.counters())).await?;
         Ok(Response::new(convert::counters_to_proto(counters)))
     }
+
+    async fn get_runtime(
+        &self,
+        _: Request<pb::GetRuntimeRequest>,
+    ) -> Result<Response<pb::Runtime>, Status> {
+        let runtime = self.engine("GetRuntime", |e| Ok(e.runtime())).await?;
+        Ok(Response::new(convert::runtime_to_proto(runtime)))
+    }
+
+    async fn clear_runtime(
+        &self,
+        _: Request<pb::ClearRuntimeRequest>,
+    ) -> Result<Response<pb::ClearRuntimeResponse>, Status> {
+        self.engine("ClearRuntime", |e| {
+            e.clear_runtime();
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(pb::ClearRuntimeResponse {}))
+    }
 }
 
 impl DataplaneApi {

@@ -35,6 +35,7 @@ macro_rules! drop_reasons {
 }
 
 drop_reasons! {
+    XconnectRemoved => ("l2-xconnect", "not-cross-connected", "the receive interface is no longer cross-connected"),
     EthTruncated => ("ethernet-input", "truncated", "frame shorter than an Ethernet header"),
     EthNotForUs => ("ethernet-input", "not-for-us", "unicast to another MAC address"),
     EthUnknownType => ("ethernet-input", "unknown-ethertype", "EtherType not handled"),

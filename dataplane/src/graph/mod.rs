@@ -6,6 +6,15 @@
 //! scattering every packet to its next node's frame; drops are counted and
 //! freed on the spot. Dispatch is static (a `match` per vector, no `dyn`).
 //!
+//! Frames received on a cross-connected port (VPP's `l2 xconnect`) enter
+//! at `l2-xconnect` instead of `ethernet-input` ([`Graph::rx_frame`]
+//! decides once per burst) and leave unchanged by the other port.
+//!
+//! [`Graph::run`] reads the cycle counter once before the first node and
+//! once after each node call, so every node's [`GraphCounters::clocks`]
+//! holds the cycles of its calls (plus the dispatcher's few between them),
+//! at one counter read per node call, never per packet.
+//!
 //! A vector never holds more than [`FRAME_SIZE`] packets and every node
 //! forwards, rewrites in place or drops each packet one for one, so no
 //! frame can overflow however packets fan out: the total number of packets
@@ -16,7 +25,9 @@ pub mod nodes;
 
 use crate::buffer::{BufferCache, BufferPool, Frame, Packet};
 use crate::flow::FlowHandle;
+use crate::port::PortId;
 use crate::tables::Tables;
+use crate::worker::cycles;
 
 pub use drop::DropReason;
 pub use nodes::{FlowNodes, Nodes};
@@ -25,6 +36,8 @@ pub use nodes::{FlowNodes, Nodes};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum NodeId {
+    /// Cross-connected ports: frames go out unchanged by the other port.
+    L2Xconnect,
     EthernetInput,
     ArpInput,
     Ip6Ndisc,
@@ -45,7 +58,8 @@ pub enum NodeId {
 }
 
 impl NodeId {
-    pub const ALL: [NodeId; 16] = [
+    pub const ALL: [NodeId; 17] = [
+        NodeId::L2Xconnect,
         NodeId::EthernetInput,
         NodeId::ArpInput,
         NodeId::Ip6Ndisc,
@@ -67,6 +81,7 @@ impl NodeId {
 
     pub fn name(self) -> &'static str {
         match self {
+            NodeId::L2Xconnect => "l2-xconnect",
             NodeId::EthernetInput => "ethernet-input",
             NodeId::ArpInput => "arp-input",
             NodeId::Ip6Ndisc => "ip6-ndisc",
@@ -115,6 +130,8 @@ pub struct GraphCounters {
     pub calls: [u64; NodeId::COUNT],
     /// Packets each node processed.
     pub packets: [u64; NodeId::COUNT],
+    /// Cycles ([`crate::worker::cycles`]) each node spent.
+    pub clocks: [u64; NodeId::COUNT],
     pub drops: [u64; DropReason::COUNT],
 }
 
@@ -123,6 +140,7 @@ impl Default for GraphCounters {
         GraphCounters {
             calls: [0; NodeId::COUNT],
             packets: [0; NodeId::COUNT],
+            clocks: [0; NodeId::COUNT],
             drops: [0; DropReason::COUNT],
         }
     }
@@ -229,6 +247,24 @@ impl Graph {
         &mut self.frames[NodeId::EthernetInput as usize]
     }
 
+    /// The input frame of node `id` (tests feed nodes directly).
+    #[cfg(test)]
+    pub(crate) fn frame(&mut self, id: NodeId) -> &mut Frame {
+        &mut self.frames[id as usize]
+    }
+
+    /// The frame packets received on `port` go into: `l2-xconnect`'s when
+    /// the port is cross-connected, else ethernet-input's. Once per burst.
+    #[inline]
+    pub fn rx_frame(&mut self, tables: &Tables, port: PortId) -> &mut Frame {
+        let id = if tables.xconnect(port).is_some() {
+            NodeId::L2Xconnect
+        } else {
+            NodeId::EthernetInput
+        };
+        &mut self.frames[id as usize]
+    }
+
     /// Packets ready to transmit; `meta.tx_port` says where.
     pub fn output(&mut self) -> &mut Frame {
         &mut self.frames[NodeId::InterfaceOutput as usize]
@@ -236,6 +272,7 @@ impl Graph {
 
     /// Runs nodes until every packet is dropped or in the output frame.
     pub fn run(&mut self, pool: &BufferPool, cache: &mut BufferCache, cx: &Context<'_>) {
+        let mut t = cycles();
         loop {
             let mut ran = false;
             for id in NodeId::ALL {
@@ -248,6 +285,9 @@ impl Graph {
                     (&mut *self.scratch, &mut *self.frames, &mut self.counters);
                 let n = &mut self.nodes;
                 match id {
+                    NodeId::L2Xconnect => {
+                        drive(&mut n.xconnect, input, frames, pool, cache, cx, counters)
+                    }
                     NodeId::EthernetInput => {
                         drive(&mut n.ethernet, input, frames, pool, cache, cx, counters)
                     }
@@ -305,6 +345,9 @@ impl Graph {
                     }
                     NodeId::InterfaceOutput => unreachable!("output is the worker's"),
                 }
+                let now = cycles();
+                counters.clocks[id as usize] += now.wrapping_sub(t);
+                t = now;
                 debug_assert!(self.scratch.is_empty());
             }
             if !ran {

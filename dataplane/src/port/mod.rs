@@ -6,6 +6,7 @@
 //! so the rx/tx paths need no locks. Queue calls are per burst: a dyn call
 //! per vector, never per packet.
 
+pub mod af_packet;
 pub mod loopback;
 pub mod memif;
 pub mod tap;
@@ -43,6 +44,7 @@ impl fmt::Display for PortId {
 pub enum PortKind {
     Tap,
     Memif,
+    AfPacket,
     /// In-memory port used by tests and benchmarks.
     Loopback,
 }
@@ -52,6 +54,7 @@ impl PortKind {
         match self {
             PortKind::Tap => "tap",
             PortKind::Memif => "memif",
+            PortKind::AfPacket => "af_packet",
             PortKind::Loopback => "loopback",
         }
     }

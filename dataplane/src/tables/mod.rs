@@ -154,9 +154,20 @@ pub struct Tables {
     /// their ports (an API route change may have moved flows between
     /// ports).
     pub verdicts_since: u64,
+    /// Cross-connects, indexed by the receiving [`PortId`]: frames
+    /// received on that port leave unchanged by this one
+    /// (`PortId::INVALID` while the named peer does not exist). A port
+    /// beyond the end, or `None`, is not cross-connected.
+    pub xconnects: Arc<[Option<PortId>]>,
 }
 
 impl Tables {
+    /// The port frames received on `rx` are cross-connected to, if any.
+    #[inline]
+    pub fn xconnect(&self, rx: PortId) -> Option<PortId> {
+        self.xconnects.get(rx.index()).copied().flatten()
+    }
+
     #[inline]
     pub fn port(&self, id: PortId) -> Option<&PortEntry> {
         self.ports.get(id.index()).and_then(Option::as_ref)

@@ -12,7 +12,12 @@
 //! (it holds no flow reference between vectors), and a worker going to
 //! sleep goes offline, so the engine's housekeeping can reclaim expired
 //! flows without waiting for it.
+//!
+//! A worker also keeps VPP-style runtime statistics ([`runtime`]): cycles
+//! per node call, per rx and tx burst and per loop, read from the cycle
+//! counter a few times per loop and vector, never per packet.
 
+pub mod runtime;
 mod sys;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +34,8 @@ use crate::graph::{Context, DropReason, Graph, NodeId};
 use crate::port::{Port, PortId, PortQueue};
 use crate::tables::Tables;
 
+pub use runtime::{cycles, cycles_per_second};
+use runtime::{AtomicLoopStats, LoopStats};
 pub use sys::EventFd;
 use sys::{Epoll, MAX_EVENTS};
 
@@ -46,9 +53,13 @@ pub struct WorkerCounters {
     pub packets: AtomicU64,
     pub node_calls: [AtomicU64; NodeId::COUNT],
     pub node_packets: [AtomicU64; NodeId::COUNT],
+    /// Cycles ([`cycles`]) each node spent.
+    pub node_clocks: [AtomicU64; NodeId::COUNT],
     pub drops: [AtomicU64; DropReason::COUNT],
     /// Packets policy LOG rules matched.
     pub policy_logged: AtomicU64,
+    /// The poll loop and its rx/tx bursts, published once per loop.
+    pub runtime: AtomicLoopStats,
 }
 
 impl Default for WorkerCounters {
@@ -58,8 +69,10 @@ impl Default for WorkerCounters {
             packets: AtomicU64::new(0),
             node_calls: std::array::from_fn(|_| AtomicU64::new(0)),
             node_packets: std::array::from_fn(|_| AtomicU64::new(0)),
+            node_clocks: std::array::from_fn(|_| AtomicU64::new(0)),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             policy_logged: AtomicU64::new(0),
+            runtime: AtomicLoopStats::default(),
         }
     }
 }
@@ -167,6 +180,7 @@ struct Worker {
     /// Ports with pending tx this loop.
     dirty: Vec<PortId>,
     start: Instant,
+    stats: LoopStats,
 }
 
 impl Worker {
@@ -193,12 +207,14 @@ impl Worker {
             graph: Graph::with_flows(flows),
             dirty: Vec::with_capacity(crate::buffer::FRAME_SIZE),
             start: clock,
+            stats: LoopStats::default(),
         }
     }
 
     fn run(&mut self) {
         let mut tokens = [0u64; MAX_EVENTS];
         let mut idle_polls = 0u32;
+        let mut loop_start = cycles();
         while !self.shared.stop.load(Ordering::Acquire) {
             let tables = self.tables.load_full();
             if tables.generation != self.generation {
@@ -245,6 +261,17 @@ impl Worker {
                 0
             };
             self.cache.publish();
+            let now = cycles();
+            let spent = now.wrapping_sub(loop_start);
+            loop_start = now;
+            let s = &mut self.stats;
+            s.loops += 1;
+            s.clocks += spent;
+            if received == 0 {
+                s.idle_loops += 1;
+                s.idle_clocks += spent;
+            }
+            self.shared.counters.runtime.publish(s);
         }
         // Closing our queues and returning our buffers happens on drop.
         self.queues.clear();
@@ -255,9 +282,11 @@ impl Worker {
         let Some(Some(slot)) = self.queues.get_mut(port.index()) else {
             return 0;
         };
+        let t0 = cycles();
         let n = slot
             .queue
-            .rx_burst(port, &mut self.cache, self.graph.input());
+            .rx_burst(port, &mut self.cache, self.graph.rx_frame(cx.tables, port));
+        self.stats.input.add(1, n, cycles().wrapping_sub(t0));
         if n == 0 {
             return 0;
         }
@@ -267,10 +296,14 @@ impl Worker {
         n
     }
 
-    /// Sends the graph's output, one burst per port.
+    /// Sends the graph's output, one burst per port. Sorting the packets
+    /// by port counts as `interface-output`, the bursts as `port-output`.
     fn transmit(&mut self) {
+        let t0 = cycles();
         let mut port_down = 0;
-        for mut b in self.graph.output().drain() {
+        let out = self.graph.output();
+        let packets = out.len();
+        for mut b in out.drain() {
             let port = self.pool.packet(&mut b).meta().tx_port;
             match self.queues.get_mut(port.index()) {
                 Some(Some(slot)) => {
@@ -285,12 +318,24 @@ impl Worker {
                 }
             }
         }
-        self.graph.counters.drops[DropReason::TxPortDown as usize] += port_down;
+        let g = &mut self.graph.counters;
+        g.drops[DropReason::TxPortDown as usize] += port_down;
+        let t1 = cycles();
+        let out = NodeId::InterfaceOutput as usize;
+        g.calls[out] += 1;
+        g.packets[out] += packets as u64;
+        g.clocks[out] += t1.wrapping_sub(t0);
+        let (mut bursts, mut sent) = (0, 0);
         for port in self.dirty.drain(..) {
             if let Some(Some(slot)) = self.queues.get_mut(port.index()) {
+                bursts += 1;
+                sent += slot.pending.len();
                 slot.queue.tx_burst(&mut self.cache, &mut slot.pending);
             }
         }
+        self.stats
+            .output
+            .add(bursts, sent, cycles().wrapping_sub(t1));
     }
 
     fn publish_counters(&mut self, received: usize) {
@@ -301,6 +346,7 @@ impl Worker {
         for i in 0..NodeId::COUNT {
             store(&c.node_calls[i], g.calls[i]);
             store(&c.node_packets[i], g.packets[i]);
+            store(&c.node_clocks[i], g.clocks[i]);
         }
         for i in 0..DropReason::COUNT {
             store(&c.drops[i], g.drops[i]);

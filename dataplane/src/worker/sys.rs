@@ -1,4 +1,5 @@
-//! epoll and eventfd, the two kernel objects a worker sleeps on.
+//! epoll and eventfd, the two kernel objects a worker sleeps on, and the
+//! cycle counter its runtime statistics are measured with.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -98,4 +99,29 @@ impl Epoll {
         }
         n
     }
+}
+
+/// The CPU's time-stamp counter: cycles at a constant rate on every CPU
+/// with an invariant TSC (all x86-64 servers of the last decade), read
+/// without serialising, as VPP's `clib_cpu_time_now` does. About 20
+/// cycles; call it per vector, never per packet.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn cycles() -> u64 {
+    // SAFETY: `rdtsc` only reads a counter; every x86-64 CPU has it, and
+    // it touches no memory. (`_rdtsc` is an `unsafe fn` in this Rust.)
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Elsewhere, CLOCK_MONOTONIC in nanoseconds stands in for cycles.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+pub fn cycles() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec the kernel (vDSO) writes into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }

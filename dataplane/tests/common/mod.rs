@@ -202,6 +202,7 @@ pub fn add_tap_pod(
                 configure: true,
             })),
             policy_enforced: false,
+            xconnect: String::new(),
         }),
     };
     block_on(c.add_interface(req))

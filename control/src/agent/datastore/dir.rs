@@ -2,14 +2,20 @@
 //! `*.json`; hidden files and subfolders are not read), the standalone
 //! mode the lab runs in.
 //!
-//! The folder is read whole each time: on a change that `notify` reports
-//! (after a short quiet period, so that a burst of writes is read once),
-//! every [`DirSource::rescan_every`] in case a change went unreported, and
+//! The folder is read on a change that `notify` reports (after a short
+//! quiet period, so that a burst of writes is read once), every
+//! [`DirSource::rescan_every`] in case a change went unreported, and
 //! whenever the agent asks for a [refresh](super::SourceHandle::refresh).
-//! What is read replaces the store's contents. An object that cannot be
-//! read is reported and left out; it never stops the others. Problems are
+//! Each read lists the folder and `stat`s every file; it reads only the
+//! files whose metadata changed or changed recently, and parses only
+//! those whose bytes changed since the last read ([`FileCache`]): an
+//! unchanged file gives the very objects it gave before, so the store and
+//! the calculation behind it see at once that they did not change. What
+//! is read replaces the store's contents. An object that cannot be read
+//! is reported and left out; it never stops the others. Problems are
 //! logged when they first appear, not again at every rescan.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use super::manifest::{self, Origin, Problem, Severity};
+use super::objects::{Object, ObjectKey};
 use super::store::{Objects, Store};
 use super::SourceHandle;
 
@@ -28,9 +35,91 @@ use super::SourceHandle;
 pub struct Scan {
     pub objects: Objects,
     pub problems: Vec<Problem>,
-    /// Each file's name and bytes, to tell a change of the folder from a
-    /// read that finds it as it was.
-    files: Vec<(String, Vec<u8>)>,
+    /// Whether some file was added, removed or changed since the read
+    /// the cache remembers (always, for the first).
+    pub files_changed: bool,
+}
+
+/// What the last read found in each file: its bytes, and what they
+/// parsed to.
+#[derive(Debug, Default)]
+pub struct FileCache {
+    files: BTreeMap<String, CachedFile>,
+}
+
+#[derive(Debug)]
+struct CachedFile {
+    /// The file's metadata when it was read.
+    stamp: Option<Stamp>,
+    bytes: Vec<u8>,
+    objects: Vec<(Origin, ObjectKey, Object)>,
+    /// The file's own problems (not those of objects defined twice).
+    problems: Vec<Problem>,
+}
+
+/// What `stat` says of a file: while none of it changes, neither did the
+/// file — once its modification time is far enough in the past that a
+/// write within the same clock tick would have moved it (the kernel's
+/// file times are coarse: one scheduler tick). A recently modified file
+/// is compared by its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: std::time::SystemTime,
+}
+
+impl Stamp {
+    /// How old a modification must be for the stamp alone to be trusted.
+    const SETTLED: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn of(path: &Path) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            modified: m.modified().ok()?,
+        })
+    }
+
+    fn settled(&self) -> bool {
+        self.modified
+            .elapsed()
+            .is_ok_and(|age| age >= Self::SETTLED)
+    }
+}
+
+impl CachedFile {
+    fn parse(name: &str, stamp: Option<Stamp>, bytes: Vec<u8>) -> Self {
+        let (objects, problems) = match std::str::from_utf8(&bytes) {
+            Ok(text) => {
+                let parsed = manifest::parse(name, text);
+                let objects = parsed
+                    .objects
+                    .into_iter()
+                    .map(|(origin, object)| (origin, object.key(), object))
+                    .collect();
+                (objects, parsed.problems)
+            }
+            Err(e) => (
+                Vec::new(),
+                vec![Problem {
+                    origin: Origin::file(name),
+                    severity: Severity::Error,
+                    message: format!("not UTF-8 text: {e}"),
+                }],
+            ),
+        };
+        CachedFile {
+            stamp,
+            bytes,
+            objects,
+            problems,
+        }
+    }
 }
 
 /// Whether a file of the folder is a manifest by its name.
@@ -45,6 +134,13 @@ fn is_manifest(name: &str) -> bool {
 /// twice is kept where it is first defined and reported where it is
 /// defined again. Fails only when the folder itself cannot be listed.
 pub fn scan(dir: &Path) -> io::Result<Scan> {
+    scan_cached(dir, &mut FileCache::default())
+}
+
+/// [`scan`], parsing only the files whose bytes are not those `cache`
+/// holds, and reading only those whose [`Stamp`] changed or is recent;
+/// `cache` is left holding what this read found.
+pub fn scan_cached(dir: &Path, cache: &mut FileCache) -> io::Result<Scan> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -59,10 +155,21 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
     names.sort();
 
     let mut scan = Scan::default();
-    let mut seen = BTreeMap::new();
-    let mut objects = Vec::new();
+    let mut old = std::mem::take(&mut cache.files);
+    // Files that went, or can no longer be read, are a change too.
+    let mut files_changed = false;
     for name in names {
-        let bytes = match std::fs::read(dir.join(&name)) {
+        let path = dir.join(&name);
+        let stamp = Stamp::of(&path);
+        // Unchanged and settled: no need to read it again.
+        if let Some(file) = old.remove(&name) {
+            if stamp.is_some_and(|s| s.settled()) && file.stamp == stamp {
+                cache.files.insert(name, file);
+                continue;
+            }
+            old.insert(name.clone(), file);
+        }
+        let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             // Removed between listing and reading: the next read will
             // not list it.
@@ -76,35 +183,39 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
                 continue;
             }
         };
-        let parsed = match std::str::from_utf8(&bytes) {
-            Ok(text) => manifest::parse(&name, text),
-            Err(e) => {
-                scan.problems.push(Problem {
-                    origin: Origin::file(&name),
-                    severity: Severity::Error,
-                    message: format!("not UTF-8 text: {e}"),
-                });
-                scan.files.push((name, bytes));
-                continue;
+        let file = match old.remove(&name) {
+            Some(file) if file.bytes == bytes => CachedFile { stamp, ..file },
+            _ => {
+                files_changed = true;
+                CachedFile::parse(&name, stamp, bytes)
             }
         };
-        scan.problems.extend(parsed.problems);
-        for (origin, object) in parsed.objects {
-            let key = object.key();
-            if let Some(first) = seen.get(&key) {
-                scan.problems.push(Problem {
-                    origin,
-                    severity: Severity::Error,
-                    message: format!("{key} is already defined in {first}; ignored here"),
-                });
-                continue;
-            }
-            seen.insert(key, origin);
-            objects.push(object);
-        }
-        scan.files.push((name, bytes));
+        cache.files.insert(name, file);
     }
-    scan.objects = Objects::from_objects(objects);
+    files_changed |= !old.is_empty();
+    scan.files_changed = files_changed;
+
+    let mut objects: BTreeMap<&ObjectKey, (&Origin, &Object)> = BTreeMap::new();
+    for file in cache.files.values() {
+        scan.problems.extend(file.problems.iter().cloned());
+        for (origin, key, object) in &file.objects {
+            match objects.entry(key) {
+                Entry::Vacant(e) => {
+                    e.insert((origin, object));
+                }
+                Entry::Occupied(e) => scan.problems.push(Problem {
+                    origin: origin.clone(),
+                    severity: Severity::Error,
+                    message: format!("{key} is already defined in {}; ignored here", e.get().0),
+                }),
+            }
+        }
+    }
+    scan.objects = Objects::from_sorted(
+        objects
+            .into_iter()
+            .map(|(key, (_, object))| (key.clone(), object.clone())),
+    );
     Ok(scan)
 }
 
@@ -123,12 +234,17 @@ type RefreshRequest = oneshot::Sender<()>;
 impl DirSource {
     /// Default period of the fallback rescan.
     pub const RESCAN_EVERY: Duration = Duration::from_secs(5);
+    /// How long a burst of changes must go quiet before the folder is
+    /// read. Short: a read that finds most files as they were costs
+    /// little, and writers that care (`lab apply`) write a whole file
+    /// under another name and rename it.
+    pub const QUIET: Duration = Duration::from_millis(10);
 
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         DirSource {
             dir: dir.into(),
             rescan_every: Self::RESCAN_EVERY,
-            quiet: Duration::from_millis(50),
+            quiet: Self::QUIET,
             notify: true,
         }
     }
@@ -225,7 +341,8 @@ impl DirSource {
 /// Reads the folder into the store, remembering what the last read saw.
 #[derive(Debug, Default)]
 struct Reader {
-    files: Option<Vec<(String, Vec<u8>)>>,
+    /// `None` before the first read.
+    cache: Option<FileCache>,
     problems: Vec<Problem>,
     unreadable: bool,
 }
@@ -233,13 +350,21 @@ struct Reader {
 impl Reader {
     async fn read(&mut self, dir: &Path, store: &Store) {
         let path = dir.to_owned();
-        let scanned = tokio::task::spawn_blocking(move || scan(&path))
-            .await
-            .expect("folder scan panicked");
+        let first = self.cache.is_none();
+        let mut cache = self.cache.take().unwrap_or_default();
+        let (cache, scanned) = tokio::task::spawn_blocking(move || {
+            let scanned = scan_cached(&path, &mut cache);
+            (cache, scanned)
+        })
+        .await
+        .expect("folder scan panicked");
         let scan = match scanned {
             Ok(s) => s,
             Err(e) => {
                 // Keep what was read last; say so once.
+                if !first {
+                    self.cache = Some(cache);
+                }
                 if !self.unreadable {
                     error!(dir = %dir.display(), error = %e, "cannot read the manifest folder");
                     self.unreadable = true;
@@ -247,6 +372,7 @@ impl Reader {
                 return;
             }
         };
+        self.cache = Some(cache);
         self.unreadable = false;
         if scan.problems != self.problems {
             for p in scan.problems.iter().filter(|p| !self.problems.contains(p)) {
@@ -257,12 +383,13 @@ impl Reader {
             }
             self.problems = scan.problems;
         }
+        if !first && !scan.files_changed {
+            // The same files give the same objects: nothing to tell.
+            return;
+        }
         // A file that changed without changing any object still counts
         // as a change: whoever wrote it waits for a new revision.
-        let files_changed = self.files.as_ref() != Some(&scan.files);
-        let first = self.files.is_none();
-        self.files = Some(scan.files);
-        if store.replace_all(scan.objects, files_changed && !first) {
+        if store.replace_all(scan.objects, !first) {
             debug!(revision = store.revision().current(), "manifests changed");
         }
     }
@@ -271,8 +398,9 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::datastore::objects::{Kind, ObjectKey};
+    use crate::agent::datastore::objects::Kind;
     use crate::agent::revision::Revision;
+    use std::sync::Arc;
 
     const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n";
     const POD: &str =
@@ -293,6 +421,83 @@ mod tests {
             problems,
             ["b.yaml doc 1: Pod a/p is already defined in a.yml doc 2; ignored here"]
         );
+    }
+
+    #[test]
+    fn a_rewrite_of_the_same_size_in_the_same_clock_tick_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pod.yaml");
+        std::fs::write(&path, POD).unwrap();
+        let mut cache = FileCache::default();
+        let first = scan_cached(dir.path(), &mut cache).unwrap();
+        // Same length, other name, and (on a coarse clock) quite possibly
+        // the same modification time: still read again, as it is recent.
+        std::fs::write(&path, POD.replace("name: p,", "name: q,")).unwrap();
+        let again = scan_cached(dir.path(), &mut cache).unwrap();
+        assert!(again.files_changed);
+        assert_ne!(again.objects, first.objects);
+
+        // A settled file whose metadata did not change is not read, and
+        // its objects are the cached ones.
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let settled = scan_cached(dir.path(), &mut cache).unwrap();
+        assert!(!settled.files_changed);
+        assert_eq!(settled.objects, again.objects);
+    }
+
+    #[test]
+    fn parses_only_the_files_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ns.yaml"), NS).unwrap();
+        std::fs::write(dir.path().join("pod.yaml"), POD).unwrap();
+        let mut cache = FileCache::default();
+        let first = scan_cached(dir.path(), &mut cache).unwrap();
+        assert!(first.files_changed);
+        let ns_key = ObjectKey::new(Kind::Namespace, "", "a");
+        let pod_key = ObjectKey::new(Kind::Pod, "a", "p");
+        let shared = |a: &Scan, b: &Scan, key: &ObjectKey| match (
+            a.objects.get(key).unwrap(),
+            b.objects.get(key).unwrap(),
+        ) {
+            (Object::Namespace(x), Object::Namespace(y)) => Arc::ptr_eq(x, y),
+            (Object::Pod(x), Object::Pod(y)) => Arc::ptr_eq(x, y),
+            _ => unreachable!(),
+        };
+
+        let again = scan_cached(dir.path(), &mut cache).unwrap();
+        assert!(!again.files_changed);
+        assert_eq!(again.objects, first.objects);
+        assert!(shared(&first, &again, &ns_key) && shared(&first, &again, &pod_key));
+
+        std::fs::write(
+            dir.path().join("pod.yaml"),
+            POD.replace(
+                "{name: p, namespace: a}",
+                "{name: p, namespace: a, labels: {x: y}}",
+            ),
+        )
+        .unwrap();
+        let changed = scan_cached(dir.path(), &mut cache).unwrap();
+        assert!(changed.files_changed);
+        assert!(
+            shared(&first, &changed, &ns_key),
+            "ns.yaml is not parsed again"
+        );
+        assert!(!shared(&first, &changed, &pod_key));
+
+        // A file that goes is a change; a fresh cache parses everything
+        // into what the cached reads found.
+        std::fs::remove_file(dir.path().join("ns.yaml")).unwrap();
+        let removed = scan_cached(dir.path(), &mut cache).unwrap();
+        assert!(removed.files_changed);
+        assert_eq!(removed.objects.len(), 1);
+        assert_eq!(scan(dir.path()).unwrap().objects, removed.objects);
     }
 
     #[tokio::test]

@@ -112,7 +112,7 @@ impl fmt::Display for ObjectKey {
 }
 
 /// One stored object. Cloning is cheap: the object itself is shared.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Object {
     Namespace(Arc<Namespace>),
     Node(Arc<Node>),
@@ -121,6 +121,27 @@ pub enum Object {
     EndpointSlice(Arc<EndpointSlice>),
     NetworkPolicy(Arc<NetworkPolicy>),
     IpPool(Arc<IPPool>),
+}
+
+/// Equal objects; one shared object is equal to itself without a look at
+/// its fields (which is what makes comparing two snapshots that share
+/// most of their objects cheap).
+impl PartialEq for Object {
+    fn eq(&self, other: &Self) -> bool {
+        fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+            Arc::ptr_eq(a, b) || a == b
+        }
+        match (self, other) {
+            (Object::Namespace(a), Object::Namespace(b)) => same(a, b),
+            (Object::Node(a), Object::Node(b)) => same(a, b),
+            (Object::Pod(a), Object::Pod(b)) => same(a, b),
+            (Object::Service(a), Object::Service(b)) => same(a, b),
+            (Object::EndpointSlice(a), Object::EndpointSlice(b)) => same(a, b),
+            (Object::NetworkPolicy(a), Object::NetworkPolicy(b)) => same(a, b),
+            (Object::IpPool(a), Object::IpPool(b)) => same(a, b),
+            _ => false,
+        }
+    }
 }
 
 impl Object {

@@ -18,9 +18,20 @@ use crate::agent::revision::Revision;
 type KindMap = BTreeMap<ObjectKey, Object>;
 
 /// An immutable snapshot of the store's objects.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Objects {
     kinds: [Arc<KindMap>; Kind::COUNT],
+}
+
+/// Equal snapshots; a kind shared by both is equal without a look at its
+/// objects.
+impl PartialEq for Objects {
+    fn eq(&self, other: &Self) -> bool {
+        self.kinds
+            .iter()
+            .zip(&other.kinds)
+            .all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
+    }
 }
 
 impl Objects {
@@ -35,6 +46,20 @@ impl Objects {
         }
     }
 
+    /// A snapshot holding `objects`, given with their keys in key order
+    /// (cheaper than [`Objects::from_objects`] for keys already known).
+    pub fn from_sorted(objects: impl IntoIterator<Item = (ObjectKey, Object)>) -> Self {
+        let mut lists: [Vec<(ObjectKey, Object)>; Kind::COUNT] = Default::default();
+        for (key, object) in objects {
+            debug_assert_eq!(key, object.key());
+            lists[key.kind.index()].push((key, object));
+        }
+        // Collecting sorted pairs builds the map in one pass.
+        Objects {
+            kinds: lists.map(|list| Arc::new(list.into_iter().collect())),
+        }
+    }
+
     pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
         self.kinds[key.kind.index()].get(key)
     }
@@ -42,6 +67,49 @@ impl Objects {
     /// Every object of `kind`, by key.
     pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Object> + '_ {
         self.kinds[kind.index()].values()
+    }
+
+    /// The keys of `kind` whose objects differ between `before` and this
+    /// snapshot (added, removed or changed), in key order. Cheap where
+    /// the two share objects: a kind or object shared by both is not
+    /// looked into.
+    pub fn changed(&self, before: &Objects, kind: Kind) -> Vec<ObjectKey> {
+        let (old, new) = (&before.kinds[kind.index()], &self.kinds[kind.index()]);
+        if Arc::ptr_eq(old, new) {
+            return Vec::new();
+        }
+        let mut changed = Vec::new();
+        let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
+        loop {
+            match (old.peek(), new.peek()) {
+                (None, None) => return changed,
+                (Some((k, _)), None) => {
+                    changed.push((*k).clone());
+                    old.next();
+                }
+                (None, Some((k, _))) => {
+                    changed.push((*k).clone());
+                    new.next();
+                }
+                (Some((ko, vo)), Some((kn, vn))) => match ko.cmp(kn) {
+                    std::cmp::Ordering::Less => {
+                        changed.push((*ko).clone());
+                        old.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        changed.push((*kn).clone());
+                        new.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if vo != vn {
+                            changed.push((*kn).clone());
+                        }
+                        old.next();
+                        new.next();
+                    }
+                },
+            }
+        }
     }
 
     /// Every object, kind by kind.
@@ -192,12 +260,19 @@ impl Store {
     /// kind) and marks every kind listed. The revision advances once if
     /// anything changed, on the first complete listing, or if `force` (the
     /// source saw a change that happens to leave the objects as they were).
+    /// A kind whose objects are those the store has keeps the store's
+    /// map, so that snapshots before and after share it.
     pub fn replace_all(&self, objects: Objects, force: bool) -> bool {
         let mut st = self.lock();
         let first = !st.listed.iter().all(|&l| l);
         st.listed = [true; Kind::COUNT];
-        let changed = st.objects != objects;
-        st.objects = objects;
+        let mut changed = false;
+        for (have, fresh) in st.objects.kinds.iter_mut().zip(objects.kinds) {
+            if !Arc::ptr_eq(have, &fresh) && *have != fresh {
+                *have = fresh;
+                changed = true;
+            }
+        }
         if changed || first || force {
             self.revision.advance();
         }

@@ -99,7 +99,9 @@ pub fn calculate(objects: &Objects, endpoints: &Endpoints) -> DesiredPolicy {
     let endpoints = endpoints
         .values()
         .map(|ep| {
-            let policy = endpoint_policy(ep, &cluster, &selecting);
+            let labels = cluster.pod_labels(&ep.namespace, &ep.pod);
+            let attachments = selecting.get(ep.namespace.as_str()).into_iter().flatten();
+            let policy = endpoint_policy(ep, labels, attachments);
             (ep.dataplane_interface.clone(), policy)
         })
         .collect();
@@ -112,11 +114,11 @@ pub fn calculate(objects: &Objects, endpoints: &Endpoints) -> DesiredPolicy {
 
 /// NetworkPolicy `namespace/name`: its policy, and which endpoints it
 /// attaches to (none for an invalid pod selector).
-fn compile_policy(
+pub(super) fn compile_policy(
     namespace: &str,
     name: &str,
     spec: &NetworkPolicySpec,
-    sets: &mut IpSets<'_>,
+    sets: &mut impl SetRegistry,
 ) -> (pb::PolicySpec, Option<Attachment>) {
     let name = policy_name(namespace, name);
     let (ingress, egress) = policy_types(spec);
@@ -192,20 +194,23 @@ impl Direction {
 
 /// A policy as the endpoints see it.
 #[derive(Debug)]
-struct Attachment {
+pub(super) struct Attachment {
     policy: String,
     selector: Selector,
     ingress: bool,
     egress: bool,
 }
 
-fn endpoint_policy(
+/// The attachment of endpoint `ep`, whose pod has `labels` (`None`: not
+/// in the datastore), from the attachments of its namespace's policies in
+/// policy name order.
+pub(super) fn endpoint_policy<'a>(
     ep: &Endpoint,
-    cluster: &Cluster<'_>,
-    selecting: &BTreeMap<&str, Vec<Attachment>>,
+    labels: Option<&Labels>,
+    attachments: impl Iterator<Item = &'a Attachment>,
 ) -> pb::EndpointPolicy {
     let interface = ep.dataplane_interface.clone();
-    let Some(labels) = cluster.pod_labels(&ep.namespace, &ep.pod) else {
+    let Some(labels) = labels else {
         // Not a pod the agent knows: nothing in or out.
         return pb::EndpointPolicy {
             interface,
@@ -217,7 +222,7 @@ fn endpoint_policy(
     };
     let mut ingress = Vec::new();
     let mut egress = Vec::new();
-    for a in selecting.get(ep.namespace.as_str()).into_iter().flatten() {
+    for a in attachments {
         if a.selector.matches(labels) {
             if a.ingress {
                 ingress.push(a.policy.clone());
@@ -257,20 +262,18 @@ struct LivePod<'a> {
     pod: &'a Pod,
 }
 
-impl LivePod<'_> {
-    /// The number of the container port named `name` for `protocol`.
-    fn named_port(&self, name: &str, protocol: u8) -> Option<u16> {
-        let spec = self.pod.spec.as_ref()?;
-        spec.containers
-            .iter()
-            .flat_map(|c| c.ports.iter().flatten())
-            .find(|p| {
-                p.name.as_deref() == Some(name)
-                    && protocol_number(p.protocol.as_deref()) == Some(protocol)
-            })
-            .and_then(|p| u16::try_from(p.container_port).ok())
-            .filter(|&n| n != 0)
-    }
+/// The number of `pod`'s container port named `name` for `protocol`.
+pub(super) fn named_port(pod: &Pod, name: &str, protocol: u8) -> Option<u16> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| {
+            p.name.as_deref() == Some(name)
+                && protocol_number(p.protocol.as_deref()) == Some(protocol)
+        })
+        .and_then(|p| u16::try_from(p.container_port).ok())
+        .filter(|&n| n != 0)
 }
 
 /// The snapshot indexed for the compiler.
@@ -284,7 +287,7 @@ struct Cluster<'a> {
 }
 
 /// Labels of a pod without any.
-static NO_LABELS: Labels = Labels::new();
+pub(super) static NO_LABELS: Labels = Labels::new();
 
 impl<'a> Cluster<'a> {
     fn new(objects: &'a Objects, endpoints: &'a Endpoints) -> Self {
@@ -337,22 +340,14 @@ impl<'a> Cluster<'a> {
 
     /// The live pods `scope` selects.
     fn select<'s>(&'s self, scope: &'s PodScope) -> impl Iterator<Item = &'s LivePod<'a>> + 's {
-        self.live.iter().filter(move |p| {
-            let Some(pods) = &scope.pods else {
-                return false;
-            };
-            let namespace = match &scope.namespaces {
-                Namespaces::Named(n) => n == p.namespace,
-                Namespaces::Selected(None) => false,
-                Namespaces::Selected(Some(s)) => s.matches(&self.namespaces[p.namespace]),
-            };
-            namespace && pods.matches(p.labels)
-        })
+        self.live
+            .iter()
+            .filter(move |p| scope.matches(p.namespace, || &self.namespaces[p.namespace], p.labels))
     }
 }
 
 /// A namespace's labels, with the one the API server adds.
-fn namespace_labels(name: &str, labels: Option<&Labels>) -> Labels {
+pub(super) fn namespace_labels(name: &str, labels: Option<&Labels>) -> Labels {
     let mut all = labels.cloned().unwrap_or_default();
     all.insert(NAMESPACE_NAME_LABEL.to_owned(), name.to_owned());
     all
@@ -360,7 +355,7 @@ fn namespace_labels(name: &str, labels: Option<&Labels>) -> Labels {
 
 /// The addresses policy sees for `pod`: those of its endpoints on this
 /// node if it has any, else those of its status.
-fn pod_addresses(pod: &Pod, local: Option<&BTreeSet<IpNet>>) -> BTreeSet<IpNet> {
+pub(super) fn pod_addresses(pod: &Pod, local: Option<&BTreeSet<IpNet>>) -> BTreeSet<IpNet> {
     let host_network = pod
         .spec
         .as_ref()
@@ -394,7 +389,7 @@ fn pod_addresses(pod: &Pod, local: Option<&BTreeSet<IpNet>>) -> BTreeSet<IpNet> 
 
 /// Which namespaces a peer's pods are in.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-enum Namespaces {
+pub(super) enum Namespaces {
     /// The policy's own.
     Named(String),
     /// Those a namespace selector matches (`None`: an invalid one, none).
@@ -404,9 +399,9 @@ enum Namespaces {
 /// A selector pair: pods in some namespaces (`None`: an invalid pod
 /// selector, no pod).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-struct PodScope {
-    namespaces: Namespaces,
-    pods: Option<Selector>,
+pub(super) struct PodScope {
+    pub(super) namespaces: Namespaces,
+    pub(super) pods: Option<Selector>,
 }
 
 impl PodScope {
@@ -418,8 +413,36 @@ impl PodScope {
         }
     }
 
+    /// Whether the scope selects a pod of namespace `namespace` with
+    /// `labels`; `namespace_labels` gives the namespace's labels, looked
+    /// up only for a namespace selector.
+    pub(super) fn matches<'l>(
+        &self,
+        namespace: &str,
+        namespace_labels: impl FnOnce() -> &'l Labels,
+        labels: &Labels,
+    ) -> bool {
+        let Some(pods) = &self.pods else {
+            return false;
+        };
+        self.namespace_matches(namespace, namespace_labels) && pods.matches(labels)
+    }
+
+    /// Whether the scope selects pods of namespace `namespace` at all.
+    pub(super) fn namespace_matches<'l>(
+        &self,
+        namespace: &str,
+        namespace_labels: impl FnOnce() -> &'l Labels,
+    ) -> bool {
+        match &self.namespaces {
+            Namespaces::Named(n) => n == namespace,
+            Namespaces::Selected(None) => false,
+            Namespaces::Selected(Some(s)) => s.matches(namespace_labels()),
+        }
+    }
+
     /// `sel:<hash>`: see the module `policy`.
-    fn set_name(&self) -> String {
+    pub(super) fn set_name(&self) -> String {
         let canonical = serde_json::to_vec(self).expect("a scope serializes");
         let digest = ring::digest::digest(&ring::digest::SHA256, &canonical);
         let hex: String = digest.as_ref()[..12]
@@ -428,6 +451,28 @@ impl PodScope {
             .collect();
         format!("sel:{hex}")
     }
+}
+
+/// Where the rule compiler gets the IP sets its rules name: each call
+/// makes sure the set exists (with its members) and returns its name.
+pub(super) trait SetRegistry {
+    /// The set of the pods `scope` selects.
+    fn pods(&mut self, scope: &PodScope) -> String;
+
+    /// The sets of the pods `scope` selects, by the number their port
+    /// `name`/`protocol` has; pods without it are in none.
+    fn named_port(&mut self, scope: &PodScope, protocol: u8, name: &str) -> BTreeMap<u16, String>;
+}
+
+/// The name of the group of a named port's set: see the module `policy`.
+pub(super) fn named_port_set(base: &str, protocol: u8, name: &str, number: u16) -> String {
+    let proto = match protocol {
+        TCP => "tcp",
+        UDP => "udp",
+        SCTP => "sctp",
+        _ => unreachable!("named ports are for TCP, UDP and SCTP"),
+    };
+    format!("{base}:{proto}:{name}:{number}")
 }
 
 /// The IP sets the compiled rules use, filled on first use.
@@ -445,7 +490,12 @@ impl<'c> IpSets<'c> {
         }
     }
 
-    /// The set of the pods `scope` selects.
+    fn into_sets(self) -> BTreeMap<String, BTreeSet<IpNet>> {
+        self.sets
+    }
+}
+
+impl SetRegistry for IpSets<'_> {
     fn pods(&mut self, scope: &PodScope) -> String {
         let name = scope.set_name();
         if !self.sets.contains_key(&name) {
@@ -459,34 +509,22 @@ impl<'c> IpSets<'c> {
         name
     }
 
-    /// The sets of the pods `scope` selects, by the number their port
-    /// `name`/`protocol` has; pods without it are in none.
     fn named_port(&mut self, scope: &PodScope, protocol: u8, name: &str) -> BTreeMap<u16, String> {
         let base = scope.set_name();
-        let proto = match protocol {
-            TCP => "tcp",
-            UDP => "udp",
-            SCTP => "sctp",
-            _ => unreachable!("named ports are for TCP, UDP and SCTP"),
-        };
         let mut groups: BTreeMap<u16, BTreeSet<IpNet>> = BTreeMap::new();
         for pod in self.cluster.select(scope) {
-            if let Some(n) = pod.named_port(name, protocol) {
+            if let Some(n) = named_port(pod.pod, name, protocol) {
                 groups.entry(n).or_default().extend(pod.addresses.iter());
             }
         }
         groups
             .into_iter()
             .map(|(n, members)| {
-                let set = format!("{base}:{proto}:{name}:{n}");
+                let set = named_port_set(&base, protocol, name, n);
                 self.sets.insert(set.clone(), members);
                 (n, set)
             })
             .collect()
-    }
-
-    fn into_sets(self) -> BTreeMap<String, BTreeSet<IpNet>> {
-        self.sets
     }
 }
 
@@ -530,12 +568,12 @@ struct RuleCompiler<'p> {
 
 impl RuleCompiler<'_> {
     /// The dataplane rules of NetworkPolicy rule `index`.
-    fn rule(
+    fn rule<S: SetRegistry>(
         &self,
         index: usize,
         peers: Option<&[NetworkPolicyPeer]>,
         ports: Option<&[NetworkPolicyPort]>,
-        sets: &mut IpSets<'_>,
+        sets: &mut S,
     ) -> Vec<pb::Rule> {
         let id = format!("{}/{}/{index}", self.policy, self.direction.as_str());
         let peers = self.peers(peers.unwrap_or_default());
@@ -550,7 +588,7 @@ impl RuleCompiler<'_> {
                 Ports::ByProtocol(p) => p,
             };
             for (&protocol, p) in by_protocol {
-                let protocol_rule = |ports, named_sets, sets: &mut IpSets<'_>| {
+                let protocol_rule = |ports, named_sets, sets: &mut S| {
                     self.emit(&id, Some(protocol), peer, ports, named_sets, sets)
                 };
                 if p.all {
@@ -600,7 +638,7 @@ impl RuleCompiler<'_> {
         peer: &Peer,
         ports: Vec<pb::PortRange>,
         named_sets: Vec<String>,
-        sets: &mut IpSets<'_>,
+        sets: &mut impl SetRegistry,
     ) -> pb::Rule {
         let mut peer_side = match peer {
             Peer::Any => pb::EndpointMatch::default(),

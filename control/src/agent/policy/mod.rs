@@ -6,6 +6,8 @@
 //!
 //! - [`selector`]: label selectors in canonical form.
 //! - [`compile`]: [`calculate`], objects and endpoints to [`DesiredPolicy`].
+//! - [`incremental`]: [`PolicyCalculator`], the same kept up to date from
+//!   one snapshot to the next at the cost of what changed.
 //! - [`diff`](mod@diff): [`diff()`], two [`DesiredPolicy`]s to one
 //!   [`pb::PolicyBatch`].
 //!
@@ -25,6 +27,7 @@
 
 pub mod compile;
 pub mod diff;
+pub mod incremental;
 pub mod selector;
 
 #[cfg(test)]
@@ -40,6 +43,7 @@ use ipnet::IpNet;
 
 pub use compile::calculate;
 pub use diff::diff;
+pub use incremental::PolicyCalculator;
 
 /// The tier Kubernetes NetworkPolicies live in.
 pub const TIER: &str = "default";

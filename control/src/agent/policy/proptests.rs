@@ -11,7 +11,9 @@
 //! [interpreter](super::interpret) of the dataplane's model. They must
 //! agree on every connection. A second property checks that the diff
 //! between two calculations, applied as the dataplane applies a batch,
-//! turns the first into the second.
+//! turns the first into the second; a third that the incremental
+//! calculator, led through a random sequence of changes, gives at every
+//! step what the calculation from scratch gives.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -33,7 +35,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use proptest::prelude::*;
 
 use super::interpret::{Direction, Interpreter, Packet};
-use super::{calculate, diff, DesiredPolicy};
+use super::{calculate, diff, DesiredPolicy, PolicyCalculator};
 use crate::agent::datastore::objects::StoredKind;
 use crate::agent::datastore::{Object, Objects};
 use crate::agent::endpoints::{dataplane_interface_name, Endpoint, Endpoints, InterfaceKind};
@@ -820,5 +822,138 @@ proptest! {
         references_resolve(&state);
         prop_assert!(super::diff::is_empty(&diff(&new, &new)));
         prop_assert_eq!(calculate(&b.objects(), &b.endpoints()), new);
+    }
+}
+
+// ------------------------------------------------------------ increments
+
+/// Which of two worlds each part of a mix comes from.
+#[derive(Debug, Clone)]
+struct Mix {
+    namespaces: Vec<bool>,
+    pods: Vec<bool>,
+    policies: Vec<bool>,
+    /// Pods and policies kept (of the longer list).
+    pods_len: usize,
+    policies_len: usize,
+}
+
+impl World {
+    /// `self` with some of `other`'s parts, as `mix` says: a change of a
+    /// few namespace labels, pods (labels, addresses, ports, placement —
+    /// which moves endpoints) and policies, with pods and policies added
+    /// or removed at the end.
+    fn mixed(&self, other: &World, mix: &Mix) -> World {
+        let pick = |i: usize, flags: &[bool], len_a: usize, len_b: usize| -> Option<bool> {
+            let from_other = flags.get(i).copied().unwrap_or(false);
+            match (i < len_a, i < len_b) {
+                (true, true) => Some(from_other),
+                (true, false) => Some(false),
+                (false, true) => Some(true),
+                (false, false) => None,
+            }
+        };
+        let namespaces = (0..self.namespaces.len())
+            .map(|i| {
+                if mix.namespaces.get(i).copied().unwrap_or(false) {
+                    other.namespaces[i].clone()
+                } else {
+                    self.namespaces[i].clone()
+                }
+            })
+            .collect();
+        let pods_len = mix.pods_len.clamp(1, self.pods.len().max(other.pods.len()));
+        let pods = (0..pods_len)
+            .filter_map(|i| {
+                let from_other = pick(i, &mix.pods, self.pods.len(), other.pods.len())?;
+                Some(
+                    if from_other {
+                        &other.pods[i]
+                    } else {
+                        &self.pods[i]
+                    }
+                    .clone(),
+                )
+            })
+            .collect();
+        let policies_len = mix
+            .policies_len
+            .min(self.policies.len().max(other.policies.len()));
+        let policies = (0..policies_len)
+            .filter_map(|i| {
+                let from_other = pick(i, &mix.policies, self.policies.len(), other.policies.len())?;
+                Some(
+                    if from_other {
+                        &other.policies[i]
+                    } else {
+                        &self.policies[i]
+                    }
+                    .clone(),
+                )
+            })
+            .collect();
+        World {
+            namespaces,
+            pods,
+            policies,
+        }
+    }
+}
+
+fn mix() -> impl Strategy<Value = Mix> {
+    let flags = |n| proptest::collection::vec(proptest::bool::weighted(0.2), n);
+    (flags(2), flags(8), flags(5), 1..9usize, 0..6usize).prop_map(
+        |(namespaces, pods, policies, pods_len, policies_len)| Mix {
+            namespaces,
+            pods,
+            policies,
+            pods_len,
+            policies_len,
+        },
+    )
+}
+
+/// `objects` sharing what it can with `before`, as the store's snapshots
+/// do: the same map for an unchanged kind, the same object for an
+/// unchanged one.
+fn shared(before: &Objects, objects: Objects) -> Objects {
+    let reused = objects.iter().map(|o| match before.get(&o.key()) {
+        Some(old) if old == o => old.clone(),
+        _ => o.clone(),
+    });
+    let fresh = Objects::from_objects(reused);
+    if fresh == *before {
+        before.clone()
+    } else {
+        fresh
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_incremental_calculator_follows_the_calculation(
+        first in world(),
+        steps in proptest::collection::vec((world(), mix()), 1..6),
+    ) {
+        let mut calculator = PolicyCalculator::new();
+        let mut objects = first.objects();
+        let mut endpoints = first.endpoints();
+        prop_assert_eq!(calculator.update(&objects, &endpoints), &calculate(&objects, &endpoints));
+        let mut world = first;
+        for (other, mix) in steps {
+            world = world.mixed(&other, &mix);
+            objects = shared(&objects, world.objects());
+            let fresh = world.endpoints();
+            if fresh != endpoints {
+                endpoints = fresh;
+            }
+            let want = calculate(&objects, &endpoints);
+            prop_assert_eq!(calculator.update(&objects, &endpoints), &want, "{:#?}", world);
+        }
+        // Back to nothing: nothing is left behind.
+        let empty = Objects::default();
+        prop_assert_eq!(calculator.update(&empty, &endpoints), &calculate(&empty, &endpoints));
     }
 }

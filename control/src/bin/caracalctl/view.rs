@@ -32,6 +32,9 @@ pub struct InterfaceView {
     /// Kernel ifindex inside its namespace (taps), 0 otherwise.
     pub ifindex: u32,
     pub addresses: Vec<String>,
+    /// L2 cross-connect: the interface every received frame leaves by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xconnect: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tap: Option<TapView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -274,6 +277,7 @@ impl From<pb::Interface> for InterfaceView {
             mac: i.mac,
             ifindex: i.ifindex,
             addresses: spec.addresses,
+            xconnect: Some(spec.xconnect).filter(|x| !x.is_empty()),
             tap,
             memif,
             counters: i.counters.unwrap_or_default().into(),
@@ -313,6 +317,9 @@ pub fn interfaces_table(interfaces: &[InterfaceView]) -> Table {
                 device.push(i.kind.clone());
                 device.push(format!("mac {}", i.mac));
             }
+        }
+        if let Some(x) = &i.xconnect {
+            device.push(format!("l2 xconnect -> {x}"));
         }
         t.row(vec![
             i.name.as_str().into(),
@@ -554,6 +561,160 @@ pub fn counters_text(c: &CountersView) -> String {
     text
 }
 
+// ------------------------------------------------------------------- runtime
+
+/// `show runtime --json`: the raw totals, every node, plus the averages
+/// the table shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuntimeView {
+    /// Cycles per second of the counter the clocks are in.
+    pub tsc_hz: u64,
+    pub workers: Vec<WorkerRuntimeView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerRuntimeView {
+    pub worker: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core: Option<u32>,
+    pub loops: u64,
+    pub idle_loops: u64,
+    pub clocks: u64,
+    pub idle_clocks: u64,
+    /// Share of the cycles spent in loops that received nothing, percent.
+    pub idle_percent: f64,
+    /// Busy cycles (all but idle loops) per received packet.
+    pub clocks_per_packet: f64,
+    pub nodes: Vec<NodeRuntimeView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeRuntimeView {
+    pub name: String,
+    pub calls: u64,
+    pub vectors: u64,
+    pub clocks: u64,
+    /// Clocks per packet (per call when it handled none).
+    pub clocks_per_packet: f64,
+    pub vectors_per_call: f64,
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+impl From<pb::Runtime> for RuntimeView {
+    fn from(r: pb::Runtime) -> Self {
+        RuntimeView {
+            tsc_hz: r.tsc_hz,
+            workers: r
+                .workers
+                .into_iter()
+                .map(|w| {
+                    let rx = w
+                        .nodes
+                        .iter()
+                        .find(|n| n.name == "port-input")
+                        .map_or(0, |n| n.vectors);
+                    WorkerRuntimeView {
+                        worker: w.worker,
+                        core: u32::try_from(w.core).ok(),
+                        loops: w.loops,
+                        idle_loops: w.idle_loops,
+                        clocks: w.clocks,
+                        idle_clocks: w.idle_clocks,
+                        idle_percent: 100.0 * ratio(w.idle_clocks, w.clocks),
+                        clocks_per_packet: ratio(w.clocks.saturating_sub(w.idle_clocks), rx),
+                        nodes: w
+                            .nodes
+                            .into_iter()
+                            .map(|n| NodeRuntimeView {
+                                clocks_per_packet: if n.vectors == 0 {
+                                    ratio(n.clocks, n.calls)
+                                } else {
+                                    ratio(n.clocks, n.vectors)
+                                },
+                                vectors_per_call: ratio(n.vectors, n.calls),
+                                name: n.name,
+                                calls: n.calls,
+                                vectors: n.vectors,
+                                clocks: n.clocks,
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `show runtime`: per worker a header line (loops, idle share, TSC rate)
+/// and a table of the nodes that ran, like VPP's, with a total line: every
+/// node's calls, the packets received, and the busy cycles per packet.
+pub fn runtime_text(r: &RuntimeView) -> String {
+    let mut text = String::new();
+    for w in &r.workers {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        let core = w
+            .core
+            .map_or_else(|| "unpinned".to_owned(), |c| format!("core {c}"));
+        let seconds = ratio(w.clocks, r.tsc_hz);
+        text.push_str(&format!(
+            "Worker {} ({core}): {:.1} s, {} loops, {} idle, {:.1}% idle time, TSC {:.3} GHz\n",
+            w.worker,
+            seconds,
+            w.loops,
+            w.idle_loops,
+            w.idle_percent,
+            r.tsc_hz as f64 / 1e9,
+        ));
+        let mut t = Table::new(&[
+            ("Name", Align::Left),
+            ("Calls", Align::Right),
+            ("Vectors", Align::Right),
+            ("Clocks/pkt", Align::Right),
+            ("Vectors/Call", Align::Right),
+        ]);
+        for n in w.nodes.iter().filter(|n| n.calls > 0) {
+            t.row(vec![
+                n.name.as_str().into(),
+                n.calls.to_string().into(),
+                n.vectors.to_string().into(),
+                format!("{:.2e}", n.clocks_per_packet).into(),
+                format!("{:.2}", n.vectors_per_call).into(),
+            ]);
+        }
+        let rx = w
+            .nodes
+            .iter()
+            .find(|n| n.name == "port-input")
+            .map_or(0, |n| n.vectors);
+        t.row(vec![
+            "total (busy loops)".into(),
+            w.nodes
+                .iter()
+                .map(|n| n.calls)
+                .sum::<u64>()
+                .to_string()
+                .into(),
+            rx.to_string().into(),
+            format!("{:.2e}", w.clocks_per_packet).into(),
+            "".into(),
+        ]);
+        text.push_str(&t.to_string());
+    }
+    if text.is_empty() {
+        text.push_str("No workers.\n");
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,6 +724,7 @@ mod tests {
             id: 1,
             spec: Some(pb::InterfaceSpec {
                 policy_enforced: false,
+                xconnect: String::new(),
                 name: "default/web-0".into(),
                 addresses: vec!["10.65.0.5/32".into(), "fd00:65::5/128".into()],
                 mtu: 1500,
@@ -638,6 +800,7 @@ mod tests {
             id: 2,
             spec: Some(pb::InterfaceSpec {
                 policy_enforced: false,
+                xconnect: String::new(),
                 name: "default/dpdk-0".into(),
                 addresses: vec!["10.65.0.6/32".into()],
                 mtu: 1500,
@@ -686,6 +849,13 @@ mod tests {
         let text = interfaces_table(&[down]).to_string();
         assert!(text.contains(" down "), "{text}");
         assert!(text.contains("waiting for a client"), "{text}");
+
+        let mut xc = memif_interface(false);
+        xc.spec.as_mut().unwrap().xconnect = "memif-b".into();
+        let view = InterfaceView::from(xc);
+        assert_eq!(view.xconnect.as_deref(), Some("memif-b"));
+        let text = interfaces_table(&[view]).to_string();
+        assert!(text.contains("l2 xconnect -> memif-b"), "{text}");
     }
 
     #[test]
@@ -860,5 +1030,66 @@ mod tests {
         assert!(json["workers"][1].get("core").is_none());
         assert_eq!(json["buffers"]["in_use"], 384);
         assert_eq!(json["drops"][1]["reason"], "no-route");
+    }
+
+    fn runtime() -> pb::Runtime {
+        let node = |name: &str, calls, vectors, clocks| pb::NodeRuntime {
+            name: name.into(),
+            calls,
+            vectors,
+            clocks,
+        };
+        pb::Runtime {
+            tsc_hz: 2_500_000_000,
+            workers: vec![pb::WorkerRuntime {
+                worker: 0,
+                core: -1,
+                loops: 1000,
+                idle_loops: 900,
+                clocks: 5_000_000_000,
+                idle_clocks: 4_000_000_000,
+                nodes: vec![
+                    node("port-input", 1000, 25_600, 512_000),
+                    node("l2-xconnect", 100, 25_600, 51_200),
+                    node("ethernet-input", 0, 0, 0),
+                    node("port-output", 100, 25_600, 768_000),
+                ],
+            }],
+        }
+    }
+
+    #[test]
+    fn runtime_text_lists_nodes_that_ran_with_a_total() {
+        let text = runtime_text(&RuntimeView::from(runtime()));
+        assert!(
+            text.starts_with("Worker 0 (unpinned): 2.0 s, 1000 loops, 900 idle, 80.0% idle time, TSC 2.500 GHz\n"),
+            "{text}"
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("Name"), "{text}");
+        assert!(lines[2].starts_with("port-input"), "{text}");
+        assert!(lines[2].ends_with("2.00e1         25.60"), "{text}");
+        assert!(lines[3].starts_with("l2-xconnect"), "{text}");
+        assert!(!text.contains("ethernet-input"), "{text}");
+        assert!(lines[4].starts_with("port-output"), "{text}");
+        // 10⁹ busy cycles over 25 600 packets.
+        assert!(lines[5].starts_with("total (busy loops)"), "{text}");
+        assert!(
+            lines[5].contains("25600") && lines[5].contains("3.91e4"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn runtime_json_keeps_raw_totals_and_every_node() {
+        let json = serde_json::to_value(RuntimeView::from(runtime())).unwrap();
+        let w = &json["workers"][0];
+        assert_eq!(w["clocks"], 5_000_000_000u64);
+        assert_eq!(w["idle_clocks"], 4_000_000_000u64);
+        assert!(w.get("core").is_none());
+        assert_eq!(w["nodes"].as_array().unwrap().len(), 4);
+        assert_eq!(w["nodes"][1]["name"], "l2-xconnect");
+        assert_eq!(w["nodes"][1]["clocks_per_packet"], 2.0);
+        assert_eq!(json["tsc_hz"], 2_500_000_000u64);
     }
 }

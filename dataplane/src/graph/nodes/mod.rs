@@ -1,6 +1,7 @@
 //! The nodes of the forwarding graph.
 //!
-//! `ethernet-input` classifies frames; `arp-input` and `ip6-ndisc` answer
+//! `l2-xconnect` sends frames of a cross-connected port out of its peer
+//! untouched; `ethernet-input` classifies frames; `arp-input` and `ip6-ndisc` answer
 //! for the pod gateway; `ip4-input`/`ip6-input` validate and check the
 //! source; `*-lookup` does the longest-prefix match; `*-flow` finds the
 //! packet's connection in the flow table and `*-policy` decides those
@@ -13,6 +14,7 @@ mod ethernet;
 mod flow;
 mod ip4;
 mod ip6;
+mod l2;
 
 pub use arp::ArpInput;
 pub use ethernet::EthernetInput;
@@ -20,6 +22,7 @@ pub use flow::FlowNodes;
 pub(crate) use flow::{V4, V6};
 pub use ip4::{Ip4IcmpError, Ip4Input, Ip4Lookup, Ip4Rewrite};
 pub use ip6::{Ip6IcmpError, Ip6Input, Ip6Lookup, Ip6Ndisc, Ip6Rewrite};
+pub use l2::L2Xconnect;
 
 /// Bytes of the Ethernet header in front of every IP packet in the graph.
 pub const L2_LEN: usize = caracal_wire::ethernet::HEADER_LEN;
@@ -27,6 +30,7 @@ pub const L2_LEN: usize = caracal_wire::ethernet::HEADER_LEN;
 /// State of every node of one worker's graph.
 #[derive(Debug)]
 pub struct Nodes {
+    pub xconnect: L2Xconnect,
     pub ethernet: EthernetInput,
     pub arp: ArpInput,
     pub ndisc: Ip6Ndisc,
@@ -45,6 +49,7 @@ pub struct Nodes {
 impl Nodes {
     pub fn new(flows: FlowNodes) -> Self {
         Nodes {
+            xconnect: L2Xconnect,
             ethernet: EthernetInput,
             arp: ArpInput,
             ndisc: Ip6Ndisc,
