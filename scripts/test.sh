@@ -21,6 +21,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export CARACAL_REQUIRE_PRIVILEGED="${CARACAL_REQUIRE_PRIVILEGED:-1}"
+# One-shot builds gain nothing from incremental state, and it is the
+# largest thing in target/ (several GiB for this workspace's tests).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 started=$SECONDS
 current_step=''
@@ -38,9 +41,19 @@ report_failure() {
     local status=$?
     if ((status != 0)) && [[ -n "$current_step" ]]; then
         printf '\ntest.sh: FAILED (exit %d) at: %s\n' "$status" "$current_step" >&2
+        report_disk >&2
     fi
 }
 trap report_failure EXIT
+
+# Free space (MiB) on the file system that holds target/.
+free_mib() {
+    mkdir -p target
+    df -Pm target | awk 'NR == 2 { print $4 }'
+}
+report_disk() {
+    printf '    disk: target/ %s, %s MiB free\n' "$(du -sh target 2>/dev/null | cut -f1)" "$(free_mib)"
+}
 
 if ((EUID != 0)) && [[ "$CARACAL_REQUIRE_PRIVILEGED" == 1 ]]; then
     echo "test.sh: error: run as root; the privileged tests (netns, tap, hugepages) must not be skipped." >&2
@@ -65,9 +78,11 @@ cargo fmt --all -- --check
 
 step "Linting (cargo clippy)"
 cargo clippy --workspace --all-targets -- -D warnings
+report_disk
 
 step "Building release binaries"
 cargo build --release --workspace
+report_disk
 
 step "Benchmark harness, quick mode (caracal-bench --quick)"
 # Proves every side-by-side scenario runs end to end (a scenario that
@@ -79,6 +94,17 @@ if ((EUID == 0)); then
     rm -rf "$bench_out"
 else
     echo "skipped: not root (CARACAL_REQUIRE_PRIVILEGED=0)"
+fi
+report_disk
+
+# On a machine short of disk, the release build's intermediates (rlibs,
+# build-script output; ~2 GiB) make room for the test build. The release
+# binaries themselves stay. A later run rebuilds them, so this only
+# happens when space is short.
+if (($(free_mib) < 8192)); then
+    echo "less than 8 GiB free: removing release intermediates (the binaries stay)"
+    rm -rf target/release/deps target/release/build target/release/.fingerprint target/release/incremental
+    report_disk
 fi
 
 step "Criterion benches, quick mode (dev profile, no timing asserted)"
@@ -95,6 +121,8 @@ cargo test --workspace --no-fail-fast 2>&1 | tee "$test_log"
 # and the last ones are doc-test runs that hold no tests).
 totals=$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed", p, f }' "$test_log")
 rm -f "$test_log"
+
+report_disk
 
 step "All checks passed"
 elapsed=$((SECONDS - started))
