@@ -95,15 +95,22 @@ struct Cluster {
     policies: PathBuf,
 }
 
-fn namespace_yaml(lab: &TestLab, ns: &str) -> String {
+/// Namespace `ns` labelled `ns: <ns>`, plus `extra` labels (`k: v, ...`).
+fn namespace_yaml(lab: &TestLab, ns: &str, extra: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {}\n  labels: {{ns: {ns}}}\n---\n",
-        lab.ns(ns)
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {}\n  labels: {{ns: {ns}{}}}\n---\n",
+        lab.ns(ns),
+        if extra.is_empty() {
+            String::new()
+        } else {
+            format!(", {extra}")
+        }
     )
 }
 
-/// A pod with the upstream e2e's named container ports.
-fn pod_yaml(lab: &TestLab, ns: &str, name: &str) -> String {
+/// A pod labelled `pod: <name>` (plus `extra` labels) with the upstream
+/// e2e's named container ports.
+fn pod_yaml(lab: &TestLab, ns: &str, name: &str, extra: &str) -> String {
     let mut ports = String::new();
     for port in [80, 81] {
         for proto in ["TCP", "UDP", "SCTP"] {
@@ -114,9 +121,10 @@ fn pod_yaml(lab: &TestLab, ns: &str, name: &str) -> String {
         }
     }
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {}\n  labels: {{pod: {name}}}\n\
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {}\n  labels: {{pod: {name}{}}}\n\
          spec:\n  containers:\n  - name: c\n    image: i\n    ports:\n{ports}---\n",
-        lab.ns(ns)
+        lab.ns(ns),
+        if extra.is_empty() { String::new() } else { format!(", {extra}") }
     )
 }
 
@@ -155,9 +163,9 @@ impl Cluster {
         let lab = TestLab::new("np");
         let mut yaml = String::new();
         for ns in NAMESPACES {
-            yaml += &namespace_yaml(&lab, ns);
+            yaml += &namespace_yaml(&lab, ns, "");
             for pod in PODS {
-                yaml += &pod_yaml(&lab, ns, pod);
+                yaml += &pod_yaml(&lab, ns, pod, "");
             }
         }
         std::fs::write(lab.manifests.join("cluster.yaml"), yaml).unwrap();
@@ -327,6 +335,29 @@ struct Case {
     name: &'static str,
     yaml: String,
     checks: Vec<(Check, Truth)>,
+    /// For the cases about updates: what changes next, and the truth
+    /// after it.
+    then: Option<Then>,
+}
+
+/// A change made while a case's policies are in force: pods or namespaces
+/// relabelled (`undo` puts the labels back afterwards) or the case's
+/// policies rewritten (`undo` empty).
+struct Then {
+    yaml: String,
+    undo: String,
+    checks: Vec<(Check, Truth)>,
+}
+
+impl Case {
+    fn new(name: &'static str, yaml: String, checks: Vec<(Check, Truth)>) -> Case {
+        Case {
+            name,
+            yaml,
+            checks,
+            then: None,
+        }
+    }
 }
 
 /// Probes every ordered pair of distinct pods for `check` in parallel;
@@ -369,7 +400,9 @@ fn policy(name: &str, ns: &str, spec: &str) -> String {
     )
 }
 
-fn cases() -> Vec<Case> {
+fn cases(c: &Cluster) -> Vec<Case> {
+    let yb = c.pod("y/b").v4;
+    let zc = c.pod("z/c").v4;
     vec![
         Case {
             name: "default deny ingress",
@@ -383,6 +416,7 @@ fn cases() -> Vec<Case> {
                 (UDP81, |_, to| to.ns != "x"),
                 (SCTP80, |_, to| to.ns != "x"),
             ],
+            then: None,
         },
         Case {
             name: "allow all ingress beside a default deny",
@@ -392,6 +426,7 @@ fn cases() -> Vec<Case> {
                 "  podSelector: {}\n  policyTypes: [Ingress]\n",
             ) + &policy("allow-all", "x", "  podSelector: {}\n  ingress:\n  - {}\n"),
             checks: vec![(TCP80, |_, _| true)],
+            then: None,
         },
         Case {
             name: "default deny egress",
@@ -405,6 +440,7 @@ fn cases() -> Vec<Case> {
                 (UDP80, |from, _| from.ns != "x"),
                 (SCTP81, |from, _| from.ns != "x"),
             ],
+            then: None,
         },
         Case {
             name: "allow by pod selector (IPv4 and IPv6)",
@@ -418,6 +454,7 @@ fn cases() -> Vec<Case> {
                 (TCP80_V6, |from, to| !to.is("x/a") || from.is("x/b")),
                 (SCTP80_V6, |from, to| !to.is("x/a") || from.is("x/b")),
             ],
+            then: None,
         },
         Case {
             name: "allow by namespace selector",
@@ -427,6 +464,7 @@ fn cases() -> Vec<Case> {
                 "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: y}}\n",
             ),
             checks: vec![(TCP80, |from, to| !to.is("x/a") || from.ns == "y")],
+            then: None,
         },
         Case {
             name: "allow by namespace and pod selector combined",
@@ -439,6 +477,7 @@ fn cases() -> Vec<Case> {
                 (TCP80, |from, to| !to.is("x/a") || from.is("y/b")),
                 (SCTP80, |from, to| !to.is("x/a") || from.is("y/b")),
             ],
+            then: None,
         },
         Case {
             name: "matchExpressions on pods and namespaces",
@@ -450,16 +489,31 @@ fn cases() -> Vec<Case> {
             checks: vec![(TCP80, |from, to| {
                 !to.is("x/a") || (from.ns != "x" && from.name != "c")
             })],
+            then: None,
         },
         Case {
             name: "egress to an ipBlock with except",
-            yaml: String::new(), // filled in with y/b's address below
+            yaml: policy(
+                "except-y-b",
+                "x",
+                &format!(
+                    "  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock: {{cidr: 0.0.0.0/0, except: [{yb}/32]}}\n"
+                ),
+            ),
             checks: vec![(TCP80, |from, to| !from.is("x/a") || !to.is("y/b"))],
+            then: None,
         },
         Case {
             name: "ingress from an ipBlock",
-            yaml: String::new(), // filled in with z/c's address below
+            yaml: policy(
+                "from-z-c",
+                "x",
+                &format!(
+                    "  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - from:\n    - ipBlock: {{cidr: {zc}/32}}\n"
+                ),
+            ),
             checks: vec![(TCP80, |from, to| !to.is("x/a") || from.is("z/c"))],
+            then: None,
         },
         Case {
             name: "numeric port",
@@ -474,6 +528,7 @@ fn cases() -> Vec<Case> {
                 (UDP81, |_, to| !to.is("x/a")),
                 (SCTP81, |_, to| !to.is("x/a")),
             ],
+            then: None,
         },
         Case {
             name: "a policy that names only SCTP denies TCP and UDP on that port",
@@ -488,6 +543,7 @@ fn cases() -> Vec<Case> {
                 (TCP80, |_, to| !to.is("x/a")),
                 (UDP80, |_, to| !to.is("x/a")),
             ],
+            then: None,
         },
         Case {
             name: "SCTP from a pod in another namespace by named port",
@@ -501,6 +557,7 @@ fn cases() -> Vec<Case> {
                 (SCTP80, |_, to| !to.is("x/a")),
                 (TCP81, |_, to| !to.is("x/a")),
             ],
+            then: None,
         },
         Case {
             name: "named ports",
@@ -515,6 +572,7 @@ fn cases() -> Vec<Case> {
                 (UDP80, |_, _| true),
                 (UDP81, |_, to| !to.is("x/a")),
             ],
+            then: None,
         },
         Case {
             name: "endPort range",
@@ -524,6 +582,7 @@ fn cases() -> Vec<Case> {
                 "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports:\n    - {port: 81, endPort: 90, protocol: TCP}\n",
             ),
             checks: vec![(TCP80, |_, to| !to.is("x/a")), (TCP81, |_, _| true)],
+            then: None,
         },
         Case {
             name: "egress and ingress both required",
@@ -539,6 +598,7 @@ fn cases() -> Vec<Case> {
             checks: vec![(TCP80, |from, to| {
                 (!from.is("x/a") || to.is("y/b")) && (!to.is("y/b") || from.is("x/c"))
             })],
+            then: None,
         },
         Case {
             name: "policyTypes default: egress rules isolate both ways, ingress rules one way",
@@ -554,6 +614,7 @@ fn cases() -> Vec<Case> {
             checks: vec![(TCP80, |from, to| {
                 !to.is("x/a") && (!from.is("x/a") || to.ns == "y") && (!to.is("x/b") || from.ns == "x")
             })],
+            then: None,
         },
         Case {
             name: "TCP replies pass an egress deny",
@@ -563,6 +624,7 @@ fn cases() -> Vec<Case> {
                 "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Ingress, Egress]\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: x}}\n      podSelector: {matchLabels: {pod: a}}\n",
             ),
             checks: vec![(TCP80, |from, to| (!to.is("y/b") || from.is("x/a")) && !from.is("y/b"))],
+            then: None,
         },
         Case {
             name: "UDP request and response through ingress-only policies",
@@ -576,43 +638,284 @@ fn cases() -> Vec<Case> {
                 "  podSelector: {matchLabels: {pod: b}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: x}}\n      podSelector: {matchLabels: {pod: a}}\n    ports:\n    - {port: 80, protocol: UDP}\n",
             ),
             checks: vec![(UDP80, |from, to| !to.is("x/a") && (!to.is("y/b") || from.is("x/a")))],
+            then: None,
+        },
+        Case::new(
+            "default deny all (ingress and egress)",
+            policy(
+                "deny-all",
+                "x",
+                "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n",
+            ),
+            vec![
+                (TCP80, |from, to| from.ns != "x" && to.ns != "x"),
+                (UDP81, |from, to| from.ns != "x" && to.ns != "x"),
+            ],
+        ),
+        Case::new(
+            "ingress from pods within the namespace only",
+            policy(
+                "same-ns",
+                "x",
+                "  podSelector: {}\n  ingress:\n  - from:\n    - podSelector: {}\n",
+            ),
+            vec![(TCP80, |from, to| to.ns != "x" || from.ns == "x")],
+        ),
+        Case::new(
+            "pods of a label in all namespaces (empty namespaceSelector)",
+            policy(
+                "b-anywhere",
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {}\n      podSelector: {matchLabels: {pod: b}}\n",
+            ),
+            vec![(TCP80, |from, to| !to.is("x/a") || from.name == "b")],
+        ),
+        Case::new(
+            "pod selector or namespace selector (two peers)",
+            policy(
+                "b-or-y",
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: b}}\n    - namespaceSelector: {matchLabels: {ns: y}}\n",
+            ),
+            vec![(TCP80, |from, to| !to.is("x/a") || from.is("x/b") || from.ns == "y")],
+        ),
+        Case::new(
+            "any of several pod selectors",
+            policy(
+                "b-or-c",
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: b}}\n    - podSelector: {matchLabels: {pod: c}}\n",
+            ),
+            vec![(TCP80, |from, to| !to.is("x/a") || from.is("x/b") || from.is("x/c"))],
+        ),
+        Case::new(
+            "multiple pod and namespace expressions (NotIn namespaces, In pods)",
+            policy(
+                "not-x-b-or-c",
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector:\n        matchExpressions: [{key: ns, operator: NotIn, values: [x]}]\n      podSelector:\n        matchExpressions: [{key: pod, operator: In, values: [b, c]}]\n",
+            ),
+            vec![(TCP80, |from, to| !to.is("x/a") || (from.ns != "x" && from.name != "a"))],
+        ),
+        Case::new(
+            "Exists and DoesNotExist",
+            policy(
+                "exists",
+                "x",
+                "  podSelector:\n    matchExpressions: [{key: pod, operator: Exists}, {key: missing, operator: DoesNotExist}]\n  ingress:\n  - from:\n    - namespaceSelector:\n        matchExpressions: [{key: ns, operator: Exists}]\n      podSelector:\n        matchExpressions: [{key: pod, operator: In, values: [c]}]\n",
+            ),
+            vec![(TCP80, |from, to| to.ns != "x" || from.name == "c")],
+        ),
+        Case::new(
+            "namespace by its default label kubernetes.io/metadata.name",
+            policy(
+                "default-label",
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: NS-z}}\n",
+            ),
+            vec![(TCP80, |from, to| !to.is("x/a") || from.ns == "z")],
+        ),
+        Case::new(
+            "stacked policies with overlapping pod selectors add up",
+            policy(
+                "port-80-from-b",
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: b}}\n    ports:\n    - {port: 80, protocol: TCP}\n",
+            ) + &policy(
+                "port-81-from-all",
+                "x",
+                "  podSelector: {}\n  ingress:\n  - ports:\n    - {port: 81, protocol: TCP}\n",
+            ),
+            vec![
+                (TCP80, |from, to| to.ns != "x" || (from.is("x/b") && to.is("x/a"))),
+                (TCP81, |_, _| true),
+            ],
+        ),
+        Case::new(
+            "an allow-all ingress policy wins over a narrower one",
+            policy(
+                "narrow",
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: b}}\n",
+            ) + &policy("all", "x", "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - {}\n"),
+            vec![(TCP80, |_, _| true)],
+        ),
+        Case::new(
+            "an allow-all egress policy wins over a narrower one",
+            policy(
+                "narrow",
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - podSelector: {matchLabels: {pod: b}}\n",
+            ) + &policy(
+                "all",
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - {}\n",
+            ),
+            vec![(TCP80, |_, _| true)],
+        ),
+        Case::new(
+            "egress on one named port (resolved on the destination pods)",
+            policy(
+                "egress-named",
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - ports:\n    - {port: serve-81-udp, protocol: UDP}\n",
+            ),
+            vec![
+                (UDP81, |_, _| true),
+                (UDP80, |from, _| !from.is("x/a")),
+                (TCP81, |from, _| !from.is("x/a")),
+            ],
+        ),
+        Case::new(
+            "ingress on a protocol, any port",
+            policy(
+                "udp-any-port",
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports:\n    - {protocol: UDP}\n",
+            ),
+            vec![
+                (UDP80, |_, _| true),
+                (UDP81, |_, _| true),
+                (TCP80, |_, to| !to.is("x/a")),
+                (SCTP81, |_, to| !to.is("x/a")),
+            ],
+        ),
+        Case::new(
+            "a policy that names only UDP denies TCP",
+            policy(
+                "udp-81",
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports:\n    - {port: 81, protocol: UDP}\n",
+            ),
+            vec![(UDP81, |_, _| true), (TCP81, |_, to| !to.is("x/a"))],
+        ),
+        Case::new(
+            "ingress and egress in one policy",
+            policy(
+                "both",
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress, Egress]\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: b}}\n  egress:\n  - to:\n    - namespaceSelector: {matchLabels: {ns: y}}\n      podSelector: {matchLabels: {pod: c}}\n",
+            ),
+            vec![(TCP80, |from, to| {
+                (!to.is("x/a") || from.is("x/b")) && (!from.is("x/a") || to.is("y/c"))
+            })],
+        ),
+        Case::new(
+            "an egress deny on the client wins over an ingress allow on the server",
+            policy(
+                "x-a-no-egress",
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n",
+            ) + &policy(
+                "y-b-from-x-a",
+                "y",
+                "  podSelector: {matchLabels: {pod: b}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: x}}\n      podSelector: {matchLabels: {pod: a}}\n",
+            ),
+            vec![(TCP80, |from, to| !from.is("x/a") && (!to.is("y/b") || from.is("x/a")))],
+        ),
+        Case::new(
+            "egress to one address block only",
+            policy(
+                "to-y-b",
+                "x",
+                &format!(
+                    "  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock: {{cidr: {yb}/32}}\n"
+                ),
+            ),
+            vec![(TCP80, |from, to| !from.is("x/a") || to.is("y/b"))],
+        ),
+        Case::new(
+            "an address in one block's except and in another policy's block is allowed",
+            policy(
+                "all-but-y-b",
+                "x",
+                &format!(
+                    "  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock: {{cidr: 0.0.0.0/0, except: [{yb}/32]}}\n"
+                ),
+            ) + &policy(
+                "to-y-b",
+                "x",
+                &format!(
+                    "  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock: {{cidr: {yb}/32}}\n"
+                ),
+            ),
+            vec![(TCP80, |_, _| true), (UDP81, |_, _| true)],
+        ),
+        Case {
+            name: "ingress from a pod once it is relabelled",
+            yaml: policy(
+                "from-trusted",
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {}\n      podSelector: {matchLabels: {role: trusted}}\n",
+            ),
+            checks: vec![(TCP80, |_, to| !to.is("x/a"))],
+            then: Some(Then {
+                yaml: pod_yaml(&c.lab, "y", "c", "role: trusted"),
+                undo: pod_yaml(&c.lab, "y", "c", ""),
+                checks: vec![
+                    (TCP80, |from, to| !to.is("x/a") || from.is("y/c")),
+                    (UDP80, |from, to| !to.is("x/a") || from.is("y/c")),
+                ],
+            }),
+        },
+        Case {
+            name: "ingress from a namespace once it is relabelled",
+            yaml: policy(
+                "from-blue",
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {team: blue}}\n",
+            ),
+            checks: vec![(TCP80, |_, to| !to.is("x/a"))],
+            then: Some(Then {
+                yaml: namespace_yaml(&c.lab, "z", "team: blue"),
+                undo: namespace_yaml(&c.lab, "z", ""),
+                checks: vec![(TCP80, |from, to| !to.is("x/a") || from.ns == "z")],
+            }),
+        },
+        Case {
+            name: "a pod relabelled into a policy's selection is isolated",
+            yaml: policy(
+                "isolate-locked",
+                "x",
+                "  podSelector: {matchLabels: {locked: \"yes\"}}\n  policyTypes: [Ingress]\n",
+            ),
+            checks: vec![(TCP80, |_, _| true)],
+            then: Some(Then {
+                yaml: pod_yaml(&c.lab, "x", "b", "locked: \"yes\""),
+                undo: pod_yaml(&c.lab, "x", "b", ""),
+                checks: vec![(TCP80, |_, to| !to.is("x/b"))],
+            }),
+        },
+        Case {
+            name: "an updated policy is enforced as updated",
+            yaml: policy(
+                "moving-port",
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports:\n    - {port: 81, protocol: TCP}\n",
+            ),
+            checks: vec![(TCP80, |_, to| !to.is("x/a")), (TCP81, |_, _| true)],
+            then: Some(Then {
+                yaml: policy(
+                    "moving-port",
+                    "x",
+                    "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports:\n    - {port: 80, protocol: TCP}\n",
+                ),
+                undo: String::new(),
+                checks: vec![(TCP80, |_, _| true), (TCP81, |_, to| !to.is("x/a"))],
+            }),
         },
     ]
 }
 
 /// Runs every case; returns what went wrong.
 fn truth_tables(c: &Cluster) -> Vec<String> {
-    let yb = c.pod("y/b").v4;
-    let zc = c.pod("z/c").v4;
     let mut failures = Vec::new();
-    for (i, mut case) in cases().into_iter().enumerate() {
-        if case.name.starts_with("egress to an ipBlock") {
-            case.yaml = policy(
-                "except-y-b",
-                "x",
-                &format!(
-                    "  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock: {{cidr: 0.0.0.0/0, except: [{yb}/32]}}\n"
-                ),
-            );
-        }
-        if case.name.starts_with("ingress from an ipBlock") {
-            case.yaml = policy(
-                "from-z-c",
-                "x",
-                &format!(
-                    "  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - from:\n    - ipBlock: {{cidr: {zc}/32}}\n"
-                ),
-            );
-        }
-        let t0 = Instant::now();
-        let file = c.policy_file(&format!("case{i}"), &case.yaml);
-        c.apply(&file);
-        for (check, truth) in &case.checks {
+    let mut judge = |name: &str, checks: &[(Check, Truth)]| {
+        for (check, truth) in checks {
             let wrong = mismatches(c, *check, *truth);
             if !wrong.is_empty() {
                 failures.push(format!(
-                    "{} ({:?} {} {:?}):\n  {}",
-                    case.name,
+                    "{name} ({:?} {} {:?}):\n  {}",
                     check.proto,
                     check.port,
                     check.family,
@@ -620,9 +923,29 @@ fn truth_tables(c: &Cluster) -> Vec<String> {
                 ));
             }
         }
+    };
+    for (i, case) in cases(c).into_iter().enumerate() {
+        let t0 = Instant::now();
+        let file = c.policy_file(&format!("case{i}"), &case.yaml);
+        c.apply(&file);
+        judge(case.name, &case.checks);
+        if let Some(then) = &case.then {
+            let change = c.policy_file(&format!("case{i}-then"), &then.yaml);
+            c.apply(&change);
+            judge(&format!("{}, after the update", case.name), &then.checks);
+            if !then.undo.is_empty() {
+                let undo = c.policy_file(&format!("case{i}-undo"), &then.undo);
+                c.apply(&undo);
+            }
+        }
         c.delete(&file);
         eprintln!("case {:?}: {:?}", case.name, t0.elapsed());
     }
+    // Deleted policies stop being enforced: everyone reaches everyone again.
+    judge(
+        "after every case's policies were deleted",
+        &[(TCP80, |_, _| true), (UDP80, |_, _| true)],
+    );
     failures
 }
 
