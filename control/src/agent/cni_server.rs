@@ -320,7 +320,7 @@ impl<S: IpamStore> CniService<S> {
         if !req.netns.is_empty() && req.netns != existing.netns {
             info!(key = %existing.key(), netns = %req.netns, "attachment moved to a new netns");
             existing.netns.clone_from(&req.netns);
-            self.ctx.endpoints.insert(existing.clone())?;
+            self.record(existing.clone()).await?;
         }
         if !self.ctx.sync.status().connected {
             return Err(CniError::NotReady("the dataplane is not connected".into()));
@@ -336,7 +336,7 @@ impl<S: IpamStore> CniService<S> {
 
     /// Records `endpoint` and waits for the dataplane to run it.
     async fn attach(&self, endpoint: Endpoint) -> Result<pb::CniResult, CniError> {
-        for old in self.ctx.endpoints.insert(endpoint.clone())? {
+        for old in self.record(endpoint.clone()).await? {
             info!(old = %old.key(), new = %endpoint.key(),
                 "a new sandbox of the pod takes over its interface");
         }
@@ -347,6 +347,17 @@ impl<S: IpamStore> CniService<S> {
             .wait_for_interface(revision, &endpoint.dataplane_interface, self.timeouts.add)
             .await?;
         Ok(result(&endpoint, mac_of(&status.interfaces, &endpoint)))
+    }
+
+    /// Records `endpoint` (durably: file and folder syncs) on a blocking
+    /// thread, so that a burst of ADDs neither stalls the runtime's
+    /// workers nor waits for one sync at a time.
+    async fn record(&self, endpoint: Endpoint) -> Result<Vec<Endpoint>, CniError> {
+        let ctx = Arc::clone(&self.ctx);
+        tokio::task::spawn_blocking(move || ctx.endpoints.insert(endpoint))
+            .await
+            .expect("an endpoint write does not panic")
+            .map_err(Into::into)
     }
 
     /// The pod, from a snapshot of the store taken once it has it.

@@ -13,6 +13,7 @@ use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::IpNet;
@@ -185,6 +186,12 @@ pub struct EndpointRegistry {
     dir: PathBuf,
     endpoints: Mutex<Endpoints>,
     revision: Revision,
+    /// Renames into `dir` so far, and how many of them a folder `fsync`
+    /// has made durable: concurrent inserts share one folder sync.
+    renamed: AtomicU64,
+    synced: Mutex<u64>,
+    /// Names temporary files uniquely.
+    writes: AtomicU64,
 }
 
 impl EndpointRegistry {
@@ -224,6 +231,9 @@ impl EndpointRegistry {
             dir,
             endpoints: Mutex::new(Arc::new(endpoints)),
             revision,
+            renamed: AtomicU64::new(0),
+            synced: Mutex::new(0),
+            writes: AtomicU64::new(0),
         })
     }
 
@@ -243,8 +253,11 @@ impl EndpointRegistry {
     /// endpoint with the same dataplane interface (an older sandbox of the
     /// same pod) is displaced: its record is removed and it is returned.
     pub fn insert(&self, endpoint: Endpoint) -> Result<Vec<Endpoint>, EndpointError> {
-        let mut guard = self.lock();
+        // The record is durable before anyone sees it; the write and its
+        // syncs run outside the lock, so concurrent inserts (a burst of
+        // CNI ADDs) overlap and share one folder sync.
         self.write(&endpoint)?;
+        let mut guard = self.lock();
         let map = Arc::make_mut(&mut guard);
         let displaced: Vec<EndpointKey> = map
             .values()
@@ -278,24 +291,43 @@ impl EndpointRegistry {
         Ok(removed)
     }
 
+    /// Writes the record of `endpoint` durably: a temporary file, synced,
+    /// renamed over the record, and the folder synced. Callers serialize
+    /// the inserts of one key (the CNI service locks each attachment).
     fn write(&self, endpoint: &Endpoint) -> Result<(), EndpointError> {
         let path = self.dir.join(endpoint.key().file_name());
-        let tmp = self
-            .dir
-            .join(format!(".{}.tmp", endpoint.key().file_name()));
+        let tmp = self.dir.join(format!(
+            ".{}.{}.tmp",
+            endpoint.key().file_name(),
+            self.writes.fetch_add(1, Ordering::Relaxed)
+        ));
         let bytes = serde_json::to_vec_pretty(endpoint).expect("an endpoint serializes");
         let write = || -> io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)?;
-            // The rename is durable once the folder is synced.
-            fs::File::open(&self.dir)?.sync_all()
+            let ticket = self.renamed.fetch_add(1, Ordering::SeqCst) + 1;
+            self.sync_folder(ticket)
         };
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
             io_error(&path)(e)
         })
+    }
+
+    /// Makes the rename numbered `ticket` durable: one folder sync covers
+    /// every rename counted before it started, so a caller whose rename
+    /// an earlier sync covered returns at once.
+    fn sync_folder(&self, ticket: u64) -> io::Result<()> {
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if *synced >= ticket {
+            return Ok(());
+        }
+        let covered = self.renamed.load(Ordering::SeqCst);
+        fs::File::open(&self.dir)?.sync_all()?;
+        *synced = covered;
+        Ok(())
     }
 
     fn unlink(&self, key: &EndpointKey) -> Result<(), EndpointError> {
@@ -349,6 +381,44 @@ mod tests {
         assert_eq!(again.remove(&key).unwrap(), Some(endpoint("c1", "a")));
         assert_eq!(again.remove(&key).unwrap(), None);
         assert!(!dir.path().join("c1.eth0.json").exists());
+    }
+
+    #[test]
+    fn concurrent_inserts_share_folder_syncs_and_all_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = EndpointRegistry::open(dir.path(), Revision::new()).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let reg = &reg;
+                s.spawn(move || {
+                    for i in 0..8 {
+                        reg.insert(endpoint(&format!("c{t}-{i}"), &format!("p{t}-{i}")))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(reg.snapshot().len(), 64);
+        assert_eq!(reg.renamed.load(Ordering::SeqCst), 64);
+        assert_eq!(
+            *reg.synced.lock().unwrap(),
+            64,
+            "the last sync covers every rename"
+        );
+        // No temporary file is left behind, and a restart reads them all.
+        let leftovers = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "tmp")
+            })
+            .count();
+        assert_eq!(leftovers, 0);
+        let again = EndpointRegistry::open(dir.path(), Revision::new()).unwrap();
+        assert_eq!(again.snapshot().len(), 64);
     }
 
     #[test]
