@@ -7,6 +7,8 @@
 //!   Needs no privilege (abstract sockets).
 //! - af_packet: tx on one end of a veth pair, rx on the other, inside a
 //!   uniquely named network namespace. Needs root.
+//! - af_xdp: the same with AF_XDP sockets on both ends (veth: native XDP,
+//!   copy mode), and AF_PACKET tx into AF_XDP rx. Needs root.
 //! - testpmd: Debian's `dpdk-testpmd` in io-forward mode between two
 //!   memif servers, the generator a client of each: the "memif I/O floor"
 //!   peer of the comparison harness. Needs root and `dpdk-testpmd`.
@@ -192,12 +194,10 @@ fn one_core_alternates_tx_and_rx() {
     assert_eq!(engine.buffers_in_use(), 0);
 }
 
-#[test]
-fn af_packet_over_a_veth_pair_in_a_netns() {
-    if !privileged() {
-        return;
-    }
-    let ns = Netns::new("afp");
+/// A namespace holding a veth pair `pg-a`/`pg-b`, both up, with IPv6 off
+/// so the kernel sends nothing of its own on them.
+fn veth_netns(tag: &str) -> Netns {
+    let ns = Netns::new(tag);
     let exec = |args: &[&str]| {
         let mut all = vec!["netns", "exec", &ns.0];
         all.extend_from_slice(args);
@@ -214,6 +214,15 @@ fn af_packet_over_a_veth_pair_in_a_netns() {
     for ifname in ["pg-a", "pg-b"] {
         run("ip", &["-n", &ns.0, "link", "set", ifname, "up"]);
     }
+    ns
+}
+
+#[test]
+fn af_packet_over_a_veth_pair_in_a_netns() {
+    if !privileged() {
+        return;
+    }
+    let ns = veth_netns("afp");
     let mut cfg = base_config();
     cfg.tx = Some(
         format!("af_packet:iface=pg-a,netns={}", ns.0)
@@ -235,6 +244,63 @@ fn af_packet_over_a_veth_pair_in_a_netns() {
     });
     assert_exact(&r, count);
     assert_eq!(r.frame_sizes, vec![64, 576, 1500]);
+    assert_eq!(engine.buffers_in_use(), 0);
+}
+
+#[test]
+fn af_xdp_over_a_veth_pair_in_a_netns() {
+    if !privileged() {
+        return;
+    }
+    let ns = veth_netns("axdp");
+    let mut cfg = base_config();
+    cfg.tx = Some(format!("af_xdp:iface=pg-a,netns={}", ns.0).parse().unwrap());
+    cfg.rx = Some(format!("af_xdp:iface=pg-b,netns={}", ns.0).parse().unwrap());
+    cfg.traffic.sizes = caracal_perf::pktgen::FrameSizes::Imix;
+    let mut engine = Engine::open(&cfg).expect("open af_xdp ports");
+    let count = 20_000;
+    let r = engine.run(RunPlan {
+        rate: Rate::Pps(100_000.0),
+        duration: None,
+        count: Some(count),
+    });
+    assert_exact(&r, count);
+    assert_eq!(r.frame_sizes, vec![64, 576, 1500]);
+    // A second run on the same sockets (a search runs many).
+    let r = engine.run(RunPlan {
+        rate: Rate::Pps(200_000.0),
+        duration: None,
+        count: Some(count),
+    });
+    assert_exact(&r, count);
+    assert_eq!(engine.buffers_in_use(), 0);
+}
+
+#[test]
+fn af_packet_into_af_xdp() {
+    if !privileged() {
+        return;
+    }
+    let ns = veth_netns("pxdp");
+    let mut cfg = base_config();
+    cfg.tx = Some(
+        format!("af_packet:iface=pg-a,netns={}", ns.0)
+            .parse()
+            .unwrap(),
+    );
+    cfg.rx = Some(
+        format!("af_xdp:iface=pg-b,netns={},mode=copy", ns.0)
+            .parse()
+            .unwrap(),
+    );
+    let mut engine = Engine::open(&cfg).expect("open the ports");
+    let count = 20_000;
+    let r = engine.run(RunPlan {
+        rate: Rate::Pps(100_000.0),
+        duration: None,
+        count: Some(count),
+    });
+    assert_exact(&r, count);
     assert_eq!(engine.buffers_in_use(), 0);
 }
 

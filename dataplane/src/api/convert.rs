@@ -451,7 +451,7 @@ fn interface_kind_to_proto(kind: PortKind) -> pb::InterfaceKind {
         PortKind::Tap => pb::InterfaceKind::Tap,
         PortKind::Memif => pb::InterfaceKind::Memif,
         // Test ports and uplinks have no kind in the API.
-        PortKind::Loopback | PortKind::AfPacket => pb::InterfaceKind::Unspecified,
+        PortKind::Loopback | PortKind::AfPacket | PortKind::AfXdp => pb::InterfaceKind::Unspecified,
     }
 }
 

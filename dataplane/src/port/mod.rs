@@ -1,12 +1,13 @@
 //! Ports: where packets enter and leave the dataplane.
 //!
 //! A [`Port`] is the shared, control-side object (a tap device, a memif
-//! connection, later a vhost-user one or an AF_XDP socket). Each worker opens its
-//! own [`PortQueue`] on it and is the only thread that touches that queue,
-//! so the rx/tx paths need no locks. Queue calls are per burst: a dyn call
+//! connection, an AF_PACKET or AF_XDP socket, later a vhost-user one).
+//! Each worker opens its own [`PortQueue`] on it and is the only thread
+//! that touches that queue, so the rx/tx paths need no locks. Queue calls are per burst: a dyn call
 //! per vector, never per packet.
 
 pub mod af_packet;
+pub mod af_xdp;
 pub mod loopback;
 pub mod memif;
 pub mod tap;
@@ -45,6 +46,7 @@ pub enum PortKind {
     Tap,
     Memif,
     AfPacket,
+    AfXdp,
     /// In-memory port used by tests and benchmarks.
     Loopback,
 }
@@ -55,6 +57,7 @@ impl PortKind {
             PortKind::Tap => "tap",
             PortKind::Memif => "memif",
             PortKind::AfPacket => "af_packet",
+            PortKind::AfXdp => "af_xdp",
             PortKind::Loopback => "loopback",
         }
     }

@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "caracal-pktgen",
     version,
-    about = "Poll-mode traffic generator and sink over memif and AF_PACKET",
+    about = "Poll-mode traffic generator and sink over memif, AF_PACKET and AF_XDP",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -74,7 +74,9 @@ struct NdrArgs {
 #[derive(Debug, Args)]
 struct Common {
     /// Port to send on: memif:socket=PATH[,role=client|server][,id=N]
-    /// [,secret=S][,ring=N] or af_packet:iface=NAME[,netns=NS].
+    /// [,secret=S][,ring=N], af_packet:iface=NAME[,netns=NS] or
+    /// af_xdp:iface=NAME[,netns=NS][,queue=Q][,mode=auto|zc|copy|skb]
+    /// [,frames=N].
     #[arg(long)]
     tx: Option<PortSpec>,
     /// Port to receive on (may equal --tx).

@@ -1,5 +1,5 @@
 //! `caracal-pktgen`: a poll-mode traffic generator and sink over
-//! Caracal's own ports (memif, AF_PACKET), usable from the command line
+//! Caracal's own ports (memif, AF_PACKET, AF_XDP), usable from the command line
 //! and in-process ([`PktgenConfig`] → [`run`] → [`Report`]).
 //!
 //! The generator precomputes one frame template per flow and frame size
@@ -22,6 +22,12 @@
 //! PORT   memif:socket=PATH|@NAME[,role=client|server][,id=N][,secret=S]
 //!              [,ring=N][,bufsize=N][,mode=ethernet|ip][,hugepages=yes]
 //!        af_packet:iface=NAME[,netns=NAME|PATH]
+//!        af_xdp:iface=NAME[,netns=NAME|PATH][,queue=Q][,mode=auto|zc|copy|skb]
+//!              [,frames=N]
+//!              (one interface queue; the XDP program steering it is
+//!              attached while the port is open; auto: zero-copy if the
+//!              driver can, copy otherwise; skb: generic XDP; N UMEM
+//!              frames of 2 KiB, half rx and half tx, default 4096)
 //!        --tx and --rx may name the same port (one thread then does both);
 //!        --rx alone is a pure sink, --tx alone a pure source.
 //! traffic
@@ -55,6 +61,8 @@
 //!     --max-rate 10Mpps --trial 2s --resolution 0.05Mpps
 //! # over a veth in namespace "lab"
 //! caracal-pktgen --tx af_packet:iface=veth0,netns=lab --rx af_packet:iface=veth1,netns=lab
+//! # the same over AF_XDP sockets
+//! caracal-pktgen --tx af_xdp:iface=veth0,netns=lab --rx af_xdp:iface=veth1,netns=lab
 //! ```
 //!
 //! Exit status 0 when the run completed (loss is reported, not an error).
@@ -73,6 +81,7 @@ use std::time::Duration;
 
 use caracal_dataplane::buffer::BufferPoolError;
 use caracal_dataplane::port::af_packet::AfPacketError;
+use caracal_dataplane::port::af_xdp::AfXdpError;
 use caracal_dataplane::port::memif::MemifError;
 
 pub use self::builder::{FlowOrder, FrameSizes, IpRange, PortRange, TrafficSpec, L3, L4};
@@ -144,6 +153,8 @@ pub enum PktgenError {
     Memif(#[from] MemifError),
     #[error(transparent)]
     AfPacket(#[from] AfPacketError),
+    #[error(transparent)]
+    AfXdp(#[from] AfXdpError),
     #[error(transparent)]
     Buffers(#[from] BufferPoolError),
     #[error("the {0} memif did not connect within {1:?}")]

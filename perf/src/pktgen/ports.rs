@@ -1,6 +1,7 @@
 //! The ports the generator sends on and receives from, as written on the
 //! command line (`memif:socket=/run/x.sock,role=client`,
-//! `af_packet:iface=eth0,netns=lab`), and how they are opened.
+//! `af_packet:iface=eth0,netns=lab`, `af_xdp:iface=eth0,queue=1`), and how
+//! they are opened.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use caracal_dataplane::port::af_packet::{AfPacketConfig, AfPacketPort};
+use caracal_dataplane::port::af_xdp::{AfXdpConfig, AfXdpPort, XdpMode};
 use caracal_dataplane::port::memif::{
     self, MemifConfig, MemifPort, Mode, Role, RxMode, SocketAddress,
 };
@@ -43,11 +45,24 @@ pub struct AfPacketSpec {
     pub netns: Option<String>,
 }
 
+/// An AF_XDP socket on one queue of a kernel interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AfXdpSpec {
+    pub iface: String,
+    /// A namespace name (`/var/run/netns/NAME`) or a path.
+    pub netns: Option<String>,
+    pub queue: u32,
+    pub mode: XdpMode,
+    /// UMEM frames, half rx and half tx (0: the driver's default, 4096).
+    pub frames: u32,
+}
+
 /// Where packets go or come from.
 #[derive(Clone)]
 pub enum PortSpec {
     Memif(MemifSpec),
     AfPacket(AfPacketSpec),
+    AfXdp(AfXdpSpec),
     /// A port the caller made (in-process use); queue 0 is used.
     Existing(Arc<dyn Port>),
 }
@@ -57,6 +72,7 @@ impl fmt::Debug for PortSpec {
         match self {
             PortSpec::Memif(m) => m.fmt(f),
             PortSpec::AfPacket(a) => a.fmt(f),
+            PortSpec::AfXdp(a) => a.fmt(f),
             PortSpec::Existing(p) => write!(f, "Existing({:?})", p.kind()),
         }
     }
@@ -68,6 +84,7 @@ impl PartialEq for PortSpec {
         match (self, other) {
             (PortSpec::Memif(a), PortSpec::Memif(b)) => a == b,
             (PortSpec::AfPacket(a), PortSpec::AfPacket(b)) => a == b,
+            (PortSpec::AfXdp(a), PortSpec::AfXdp(b)) => a == b,
             (PortSpec::Existing(a), PortSpec::Existing(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
@@ -88,6 +105,22 @@ impl fmt::Display for PortSpec {
                 Some(ns) => write!(f, "af_packet:iface={},netns={ns}", a.iface),
                 None => write!(f, "af_packet:iface={}", a.iface),
             },
+            PortSpec::AfXdp(a) => {
+                write!(f, "af_xdp:iface={}", a.iface)?;
+                if let Some(ns) = &a.netns {
+                    write!(f, ",netns={ns}")?;
+                }
+                if a.queue != 0 {
+                    write!(f, ",queue={}", a.queue)?;
+                }
+                if a.mode != XdpMode::Auto {
+                    write!(f, ",mode={}", a.mode.as_str())?;
+                }
+                if a.frames != 0 {
+                    write!(f, ",frames={}", a.frames)?;
+                }
+                Ok(())
+            }
             PortSpec::Existing(p) => write!(f, "{}", p.kind().as_str()),
         }
     }
@@ -106,7 +139,9 @@ impl FromStr for PortSpec {
 
     /// `memif:socket=PATH|@NAME[,role=client|server][,id=N][,secret=S]
     /// [,ring=N][,bufsize=N][,mode=ethernet|ip][,hugepages=yes]` or
-    /// `af_packet:iface=NAME[,netns=NS]` (also `af_packet:NAME`).
+    /// `af_packet:iface=NAME[,netns=NS]` (also `af_packet:NAME`) or
+    /// `af_xdp:iface=NAME[,netns=NS][,queue=Q][,mode=auto|zc|copy|skb]
+    /// [,frames=N]` (also `af_xdp:NAME`).
     fn from_str(s: &str) -> Result<Self, String> {
         let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
         let pairs = || {
@@ -179,8 +214,41 @@ impl FromStr for PortSpec {
                 }
                 Ok(PortSpec::AfPacket(a))
             }
+            "af_xdp" | "afxdp" | "af-xdp" => {
+                let mut a = AfXdpSpec {
+                    iface: String::new(),
+                    netns: None,
+                    queue: 0,
+                    mode: XdpMode::Auto,
+                    frames: 0,
+                };
+                for (k, v) in pairs() {
+                    match (k, v) {
+                        ("iface" | "ifname" | "dev", v) => a.iface = v.to_owned(),
+                        ("netns", v) => a.netns = Some(v.to_owned()),
+                        ("queue" | "qid", v) => {
+                            a.queue = v
+                                .parse()
+                                .map_err(|_| format!("af_xdp queue={v}: not a number"))?
+                        }
+                        ("mode", v) => a.mode = v.parse()?,
+                        ("frames", v) => {
+                            a.frames = v
+                                .parse()
+                                .map_err(|_| format!("af_xdp frames={v}: not a number"))?
+                        }
+                        (name, "") if a.iface.is_empty() => a.iface = name.to_owned(),
+                        _ => return Err(format!("af_xdp: unknown option {k:?}")),
+                    }
+                }
+                if a.iface.is_empty() {
+                    return Err("af_xdp needs iface=NAME".into());
+                }
+                Ok(PortSpec::AfXdp(a))
+            }
             _ => Err(format!(
-                "port {s:?}: expected memif:socket=...,role=... or af_packet:iface=..."
+                "port {s:?}: expected memif:socket=...,role=..., af_packet:iface=... \
+                 or af_xdp:iface=..."
             )),
         }
     }
@@ -243,15 +311,23 @@ impl PortSpec {
             }
             PortSpec::AfPacket(a) => {
                 let mut cfg = AfPacketConfig::new(&a.iface);
-                cfg.netns = a.netns.as_ref().map(|ns| {
-                    if ns.contains('/') {
-                        PathBuf::from(ns)
-                    } else {
-                        PathBuf::from("/var/run/netns").join(ns)
-                    }
-                });
+                cfg.netns = a.netns.as_deref().map(netns_path);
                 cfg.peer_mac = peer_mac;
                 let port = AfPacketPort::create(&cfg)?;
+                Ok(Opened {
+                    max_frame: usize::from(port.caps().mtu) + eth,
+                    port,
+                    memif: None,
+                })
+            }
+            PortSpec::AfXdp(a) => {
+                let mut cfg = AfXdpConfig::new(&a.iface);
+                cfg.netns = a.netns.as_deref().map(netns_path);
+                cfg.queue = a.queue;
+                cfg.mode = a.mode;
+                cfg.frames = a.frames;
+                cfg.peer_mac = peer_mac;
+                let port = AfXdpPort::create(&cfg)?;
                 Ok(Opened {
                     max_frame: usize::from(port.caps().mtu) + eth,
                     port,
@@ -264,6 +340,15 @@ impl PortSpec {
                 memif: None,
             }),
         }
+    }
+}
+
+/// A namespace name (under `/var/run/netns`) or a path.
+fn netns_path(ns: &str) -> PathBuf {
+    if ns.contains('/') {
+        PathBuf::from(ns)
+    } else {
+        PathBuf::from("/var/run/netns").join(ns)
     }
 }
 
@@ -310,5 +395,45 @@ mod tests {
         assert_eq!(short.to_string(), "af_packet:iface=eth1");
         assert!("af_packet:".parse::<PortSpec>().is_err());
         assert!("pcap:x".parse::<PortSpec>().is_err());
+    }
+
+    #[test]
+    fn af_xdp_specs_parse() {
+        let p: PortSpec = "af_xdp:iface=veth0,netns=lab,queue=2,mode=skb,frames=8192"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            p,
+            PortSpec::AfXdp(AfXdpSpec {
+                iface: "veth0".into(),
+                netns: Some("lab".into()),
+                queue: 2,
+                mode: XdpMode::Skb,
+                frames: 8192,
+            })
+        );
+        assert_eq!(
+            p.to_string(),
+            "af_xdp:iface=veth0,netns=lab,queue=2,mode=skb,frames=8192"
+        );
+        let short: PortSpec = "af_xdp:eth1".parse().unwrap();
+        assert_eq!(short.to_string(), "af_xdp:iface=eth1");
+        let zc: PortSpec = "af_xdp:iface=eth1,mode=zc".parse().unwrap();
+        assert_eq!(zc.to_string().parse::<PortSpec>().unwrap(), zc);
+        assert_ne!(zc, short, "another mode is another port");
+        assert_ne!(
+            short,
+            "af_packet:eth1".parse::<PortSpec>().unwrap(),
+            "af_xdp and af_packet on one interface are two ports"
+        );
+        for bad in [
+            "af_xdp:",
+            "af_xdp:iface=eth1,queue=x",
+            "af_xdp:iface=eth1,mode=fast",
+            "af_xdp:iface=eth1,frames=many",
+            "af_xdp:iface=eth1,ring=9",
+        ] {
+            assert!(bad.parse::<PortSpec>().is_err(), "{bad}");
+        }
     }
 }

@@ -27,7 +27,8 @@
 //! any thread afterwards. VLAN tags the kernel strips into the ring's
 //! metadata are not restored. All `unsafe` is in [`sys`].
 
-mod sys;
+// The interface queries are shared with the AF_XDP driver.
+pub(in crate::port) mod sys;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;

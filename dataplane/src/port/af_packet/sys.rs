@@ -42,7 +42,7 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
 /// A raw, close-on-exec, non-blocking packet socket for `protocol`
 /// (network order; 0 receives nothing, which is what a tx-only socket
 /// wants).
-pub(super) fn packet_socket(protocol: u16) -> io::Result<OwnedFd> {
+pub(in crate::port) fn packet_socket(protocol: u16) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the result is checked.
     let fd = check(unsafe {
         libc::socket(
@@ -195,7 +195,7 @@ pub(super) fn kick(sock: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// The ifindex of `ifname` in the calling thread's network namespace.
-pub(super) fn ifindex(ifname: &str) -> io::Result<u32> {
+pub(in crate::port) fn ifindex(ifname: &str) -> io::Result<u32> {
     let name = CString::new(ifname).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `name` is a valid NUL-terminated string that outlives the
     // call; `if_nametoindex` only reads it.
@@ -221,7 +221,7 @@ fn ifreq(ifname: &str) -> io::Result<libc::ifreq> {
 }
 
 /// The MTU (IP bytes) of `ifname`, asked through any socket `sock`.
-pub(super) fn mtu(sock: BorrowedFd<'_>, ifname: &str) -> io::Result<u32> {
+pub(in crate::port) fn mtu(sock: BorrowedFd<'_>, ifname: &str) -> io::Result<u32> {
     let mut req = ifreq(ifname)?;
     // SAFETY: `req` is a valid `struct ifreq` that outlives the call;
     // SIOCGIFMTU fills its `ifru_mtu` member.
@@ -239,7 +239,7 @@ pub(super) fn mtu(sock: BorrowedFd<'_>, ifname: &str) -> io::Result<u32> {
 }
 
 /// The MAC address of `ifname`.
-pub(super) fn hw_addr(sock: BorrowedFd<'_>, ifname: &str) -> io::Result<[u8; 6]> {
+pub(in crate::port) fn hw_addr(sock: BorrowedFd<'_>, ifname: &str) -> io::Result<[u8; 6]> {
     let mut req = ifreq(ifname)?;
     // SAFETY: `req` is a valid `struct ifreq` that outlives the call;
     // SIOCGIFHWADDR fills its `ifru_hwaddr` member.

@@ -21,7 +21,7 @@
 //! leaves nothing behind. The descriptors also keep the pod's network
 //! namespace alive until then.
 
-mod netlink;
+pub(crate) mod netlink;
 mod sys;
 
 use std::fs::File;

@@ -196,15 +196,17 @@ fn quiet_ipv6(ifname: &str) {
 }
 
 /// A blocking rtnetlink socket that sends one request at a time and waits
-/// for its acknowledgement.
+/// for its acknowledgement. It belongs to the namespace that was current
+/// when it was opened, whichever thread uses it later (the AF_XDP port
+/// keeps one to detach its XDP program).
 #[derive(Debug)]
-struct RtnlSocket {
+pub(crate) struct RtnlSocket {
     socket: Socket,
     seq: u32,
 }
 
 impl RtnlSocket {
-    fn open() -> io::Result<Self> {
+    pub(crate) fn open() -> io::Result<Self> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
         // Port 0 is the kernel: only its answers reach the socket.
@@ -214,7 +216,7 @@ impl RtnlSocket {
 
     /// Sends `request` with `NLM_F_REQUEST | NLM_F_ACK | flags` and waits
     /// for the kernel's answer: `Ok` on an ack, the errno otherwise.
-    fn execute(&mut self, request: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+    pub(crate) fn execute(&mut self, request: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
         self.seq += 1;
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
