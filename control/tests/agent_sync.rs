@@ -286,7 +286,7 @@ fn policy(names: &[&str], members: &[&str]) -> DesiredPolicy {
     );
     want.policies.insert(
         "p".into(),
-        pb::PolicySpec {
+        std::sync::Arc::new(pb::PolicySpec {
             name: "p".into(),
             ingress: vec![pb::Rule {
                 action: pb::Action::Allow as i32,
@@ -298,7 +298,7 @@ fn policy(names: &[&str], members: &[&str]) -> DesiredPolicy {
                 ..Default::default()
             }],
             egress: vec![],
-        },
+        }),
     );
     for name in names {
         let tiers = if *name == "ns/a" {

@@ -580,12 +580,14 @@ impl Engine {
     /// Applies a policy batch as one change: validated whole first, then
     /// applied and published; returns the generation every worker runs.
     pub fn apply_policy(&self, batch: PolicyBatch) -> Result<u64, EngineError> {
+        let started = Instant::now();
         let mut st = self.lock()?;
         st.policy
             .validate(&batch, |name| st.interfaces.contains_key(name))?;
         if batch.is_empty() {
             return Ok(st.generation);
         }
+        let validated = Instant::now();
         let State {
             policy, interfaces, ..
         } = &mut *st;
@@ -594,6 +596,7 @@ impl Engine {
                 i.spec.addresses.iter().map(IpCidr::address).collect()
             })
         });
+        let applied = Instant::now();
         let since = st.generation + 1;
         for name in &dirty {
             let Some(id) = st.interfaces.get(name).map(|i| i.id) else {
@@ -611,6 +614,9 @@ impl Engine {
             tracing::debug!(
                 endpoints = dirty.len(),
                 generation = st.generation,
+                validate_us = (validated - started).as_micros() as u64,
+                apply_us = (applied - validated).as_micros() as u64,
+                publish_us = applied.elapsed().as_micros() as u64,
                 "policy applied"
             );
         }

@@ -13,7 +13,7 @@ use caracal_proto::agent::cni_server::CniServer;
 use ipnet::IpNet;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::calc::{self, Inputs};
 use super::cni_server::{CniService, CniTimeouts};
@@ -172,6 +172,7 @@ fn desired_fn(store: Store, endpoints: Arc<EndpointRegistry>) -> DesiredFn {
         }
         // The revision before the snapshots: see `revision`.
         let revision = store.revision().current();
+        let started = std::time::Instant::now();
         let objects = store.snapshot();
         let endpoints = endpoints.snapshot();
         let state = calculator
@@ -181,6 +182,11 @@ fn desired_fn(store: Store, endpoints: Arc<EndpointRegistry>) -> DesiredFn {
                 objects: &objects,
                 endpoints: &endpoints,
             });
+        debug!(
+            revision,
+            took_us = started.elapsed().as_micros() as u64,
+            "desired state calculated"
+        );
         Some((revision, state))
     })
 }

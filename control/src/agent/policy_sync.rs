@@ -83,7 +83,9 @@ impl PolicySync {
             .retain(|name, _| !touched.contains(name) && present.contains_key(name));
         let mut want = desired;
         want.endpoints.retain(|name, _| present.contains_key(name));
+        let diffed = std::time::Instant::now();
         let batch = policy::diff(&known, &want);
+        let diff_us = diffed.elapsed().as_micros() as u64;
         if policy::diff::is_empty(&batch) {
             self.known = Some(want);
             return PolicyOutcome::Synced;
@@ -101,7 +103,7 @@ impl PolicySync {
             batch.set_endpoints.len(),
             batch.delete_policies.len() + batch.delete_ip_sets.len(),
         );
-        debug!(revision, %summary, "applying policy");
+        debug!(revision, %summary, diff_us, "applying policy");
         match conn.apply_policy(batch).await {
             Ok(generation) => {
                 info!(revision, generation, %summary, "policy updated");

@@ -519,11 +519,11 @@ mod tests {
             .insert("sel:a:tcp:http:80".into(), nets(&["10.65.0.9/32"]));
         want.policies.insert(
             "knp.ns.p".into(),
-            pb::PolicySpec {
+            std::sync::Arc::new(pb::PolicySpec {
                 name: "knp.ns.p".into(),
                 ingress: vec![from_sets],
                 egress: vec![block],
-            },
+            }),
         );
         let tier = |policies: &[&str]| {
             vec![pb::Tier {

@@ -1,14 +1,17 @@
 //! Compilation of one endpoint direction's tiers, policies and rules into
-//! classifier rules: pure functions from specs to a list of prioritised
-//! [`Compiled`] rules, which [`PolicyDb`](super::PolicyDb) then applies to
-//! the direction's [`RuleSet`](super::RuleSet) as a difference.
+//! classifier rules: pure functions from specs to segments of [`Compiled`]
+//! rules, which [`PolicyDb`](super::PolicyDb) places in the direction's
+//! [`RuleSet`](super::RuleSet) and keeps there for as long as they do not
+//! change.
 //!
 //! # Layout
 //!
-//! Priorities are handed out in evaluation order: each tier's rules
-//! (its policies in order, their rules in order), then one slot that ends
-//! the tier (a catch-all DENY if the tier's end action is DENY, nothing
-//! for PASS), and last the catch-all endpoint default. A PASS rule resumes
+//! A direction is a list of segments in evaluation order ([`layout`]):
+//! each tier's policies in order (a segment each, its rules in order),
+//! then one slot that ends the tier (a catch-all DENY if the tier's end
+//! action is DENY, nothing for PASS), and last the catch-all endpoint
+//! default. Each segment takes consecutive priorities from a base the
+//! database chooses, with gaps between segments. A PASS rule resumes
 //! after its tier's end slot, so the next tier follows; a tier with no
 //! policy is left out, end action included. Falling through every tier
 //! (PASS) reaches the endpoint default, as Calico's profiles follow its
@@ -39,13 +42,14 @@
 //!   ([`RuleKind::Skip`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::addrset::AddrSet;
 use super::enforce::{RuleKind, RuleMeta, RuleName, DEFAULT_RULE};
 use super::rule::{IpNet, PortRange, Priority};
 use super::spec::{
     DefaultAction, Direction, EndAction, EndpointPolicySpec, IcmpSpec, IpVersion, PolicySpec,
-    RuleSpec, SideSpec,
+    RuleSpec, SideSpec, TierSpec,
 };
 use super::Action;
 
@@ -395,51 +399,130 @@ fn catch_all(kind: RuleKind, name: RuleName) -> Compiled {
     }
 }
 
-/// One direction of an endpoint, compiled: classifier rules by priority.
-/// Every policy the tiers name must be in `policies`.
-pub(super) fn compile_direction(
-    ep: &EndpointPolicySpec,
-    policies: &BTreeMap<String, PolicySpec>,
-    env: &mut Env<'_>,
-) -> BTreeMap<u32, Compiled> {
-    let dir = env.dir;
-    let mut out = BTreeMap::new();
-    let mut prio = 0u32;
+/// What a stretch of one direction's rules comes from: one policy's
+/// rules in one tier, the slot that ends a tier, or the endpoint default.
+/// A direction is a list of segments in evaluation order, each at
+/// consecutive priorities of its own; see [`layout`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum SegmentKey {
+    Policy { tier: String, policy: String },
+    TierEnd { tier: String },
+    Default,
+}
+
+/// A [`SegmentKey`] borrowed from the specs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum KeyRef<'a> {
+    Policy { tier: &'a str, policy: &'a str },
+    TierEnd { tier: &'a str },
+    Default,
+}
+
+impl SegmentKey {
+    pub fn as_ref(&self) -> KeyRef<'_> {
+        match self {
+            SegmentKey::Policy { tier, policy } => KeyRef::Policy { tier, policy },
+            SegmentKey::TierEnd { tier } => KeyRef::TierEnd { tier },
+            SegmentKey::Default => KeyRef::Default,
+        }
+    }
+}
+
+impl KeyRef<'_> {
+    pub fn to_key(self) -> SegmentKey {
+        match self {
+            KeyRef::Policy { tier, policy } => SegmentKey::Policy {
+                tier: tier.to_owned(),
+                policy: policy.to_owned(),
+            },
+            KeyRef::TierEnd { tier } => SegmentKey::TierEnd {
+                tier: tier.to_owned(),
+            },
+            KeyRef::Default => SegmentKey::Default,
+        }
+    }
+}
+
+/// One segment of a direction, in evaluation order: what it comes from,
+/// and for a policy's segment the policy (compiled rules are kept for as
+/// long as their policy is the same object).
+#[derive(Debug, Clone)]
+pub(super) struct Planned<'a> {
+    pub key: KeyRef<'a>,
+    pub policy: Option<&'a Arc<PolicySpec>>,
+    pub tier: Option<&'a TierSpec>,
+}
+
+/// The segments of one direction of an endpoint, in evaluation order:
+/// each tier that has policies gives its policies' segments then its end
+/// slot, and the endpoint default comes last (with the action it
+/// compiles to). Every policy the tiers name must be in `policies`.
+pub(super) fn layout<'a>(
+    ep: &'a EndpointPolicySpec,
+    dir: Direction,
+    policies: &'a BTreeMap<String, Arc<PolicySpec>>,
+) -> (Vec<Planned<'a>>, DefaultAction) {
+    let mut out = Vec::new();
     for tier in ep.tiers(dir) {
         if tier.policies.is_empty() {
             continue;
         }
-        let mut passes = Vec::new();
         for pname in &tier.policies {
-            let policy = &policies[pname];
-            for (i, rule) in policy.rules(dir).iter().enumerate() {
-                let name = (env.name)(&rule_id(pname, dir, i, rule));
-                let rules = compile_rule(rule, name, env, prio);
-                for c in rules {
-                    if c.meta.kind == RuleKind::Pass {
-                        passes.push(prio);
-                    }
-                    out.insert(prio, c);
-                    prio += 1;
-                }
-            }
+            out.push(Planned {
+                key: KeyRef::Policy {
+                    tier: &tier.name,
+                    policy: pname,
+                },
+                policy: Some(&policies[pname]),
+                tier: Some(tier),
+            });
         }
-        let end = prio;
-        prio += 1;
-        for p in passes {
-            out.get_mut(&p).expect("just added").meta.resume = Priority(end);
-        }
-        if tier.end_action == EndAction::Deny {
-            let name = (env.name)(&format!("{}/end-of-tier", tier.name));
-            out.insert(end, catch_all(RuleKind::Deny, name));
-        }
+        out.push(Planned {
+            key: KeyRef::TierEnd { tier: &tier.name },
+            policy: None,
+            tier: Some(tier),
+        });
     }
-    let kind = match ep.default_action(dir) {
+    out.push(Planned {
+        key: KeyRef::Default,
+        policy: None,
+        tier: None,
+    });
+    (out, ep.default_action(dir))
+}
+
+/// The rules of one policy in one direction, at priorities from 0 on
+/// (relative to its segment): `Log` and `Skip` resume at a relative
+/// priority, `Pass` at the end of the tier (which the database resolves).
+pub(super) fn compile_policy(name: &str, policy: &PolicySpec, env: &mut Env<'_>) -> Vec<Compiled> {
+    let dir = env.dir;
+    let mut out = Vec::new();
+    for (i, rule) in policy.rules(dir).iter().enumerate() {
+        let rule_name = (env.name)(&rule_id(name, dir, i, rule));
+        let first = out.len() as u32;
+        out.extend(compile_rule(rule, rule_name, env, first));
+    }
+    out
+}
+
+/// The rule of a tier's end slot: a catch-all DENY, or none for PASS.
+pub(super) fn compile_tier_end(tier: &TierSpec, env: &mut Env<'_>) -> Vec<Compiled> {
+    match tier.end_action {
+        EndAction::Deny => {
+            let name = (env.name)(&format!("{}/end-of-tier", tier.name));
+            vec![catch_all(RuleKind::Deny, name)]
+        }
+        EndAction::Pass => Vec::new(),
+    }
+}
+
+/// The catch-all rule of the endpoint default.
+pub(super) fn compile_default(action: DefaultAction) -> Vec<Compiled> {
+    let kind = match action {
         DefaultAction::Allow => RuleKind::Allow,
         DefaultAction::Deny => RuleKind::Deny,
     };
-    out.insert(prio, catch_all(kind, DEFAULT_RULE));
-    out
+    vec![catch_all(kind, DEFAULT_RULE)]
 }
 
 #[cfg(test)]

@@ -10,9 +10,13 @@
 //! - an IP set change recomputes the derived sets ([`AddrExpr`]s) that
 //!   name it and adds or removes only the changed members' rows in the
 //!   rule sets that use them;
-//! - a policy or attachment change recompiles the endpoints concerned and
-//!   applies the difference by priority: unchanged rules stay, so their
-//!   classifier pages stay shared with the published snapshot.
+//! - a policy or attachment change updates the endpoints concerned segment
+//!   by segment (one policy's rules in one tier, see [`compile`]): only
+//!   the segments of policies that changed are compiled again, and a new
+//!   or changed segment takes priorities in the gap between its
+//!   neighbours, so the rules of the others stay where they are, their
+//!   classifier pages shared with the published snapshot — one policy
+//!   added to an endpoint with ten thousand costs that policy's rules.
 //!
 //! Apply reports which endpoints' compiled rules changed: only their flows
 //! are re-evaluated.
@@ -22,12 +26,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::addrset::AddrSet;
-use super::compile::{self, AddrExpr, Compiled, Env, Side};
+use super::compile::{self, AddrExpr, Compiled, Env, KeyRef, Planned, SegmentKey, Side};
 use super::enforce::{DirectionRules, EndpointRules, RuleKind, RuleMeta, RuleName, DEFAULT_RULE};
 use super::rule::{AddrMatch, IpNet, IpSetId, Priority, Rule, RuleId};
 use super::spec::{
-    Direction, EndpointPolicySpec, IpSetSpec, PolicyBatch, PolicySpec, PolicyStateSpec, RuleSpec,
-    SideSpec,
+    DefaultAction, Direction, EndpointPolicySpec, IpSetSpec, PolicyBatch, PolicySpec,
+    PolicyStateSpec, RuleSpec, SideSpec,
 };
 use super::RuleSet;
 
@@ -139,16 +143,128 @@ impl Derived {
 }
 
 /// One direction of one endpoint: its rule set and what each rule means.
+///
+/// The rules are kept as segments ([`SegmentKey`]) in evaluation order,
+/// each at consecutive priorities from its base, with gaps between
+/// segments: a segment added between two others takes priorities in the
+/// gap between them, so adding, removing or changing one policy edits the
+/// rule set by that policy's rules only, whatever the number of others
+/// (rules that stay keep their priorities and their classifier rows).
+/// Only when a gap is too small for what goes there is the whole
+/// direction laid out again, evenly over the priority space.
 #[derive(Debug, Default)]
 struct DirState {
     rules: RuleSet,
-    by_prio: BTreeMap<u32, (RuleId, Compiled)>,
+    /// In evaluation order, at increasing priorities.
+    segments: Vec<Placed>,
     /// By rule id; free ids hold a placeholder.
     meta: Vec<RuleMeta>,
     free: Vec<u32>,
     /// Rules using each derived set.
     set_uses: HashMap<u32, u32>,
     published: Option<DirectionRules>,
+}
+
+/// One segment as the rule set holds it.
+#[derive(Debug)]
+struct Placed {
+    key: SegmentKey,
+    /// The policy the rules were compiled from: while the database holds
+    /// the very same object, they need no compiling again.
+    policy: Option<Arc<PolicySpec>>,
+    /// With priorities (and `Log`/`Skip` resume points) relative to
+    /// `base`.
+    rules: Vec<Compiled>,
+    /// The priority of the first rule.
+    base: u32,
+    /// The classifier rule of each of `rules`.
+    ids: Vec<RuleId>,
+}
+
+/// A segment of the direction being computed.
+#[derive(Debug)]
+struct Next {
+    key: SegmentKey,
+    policy: Option<Arc<PolicySpec>>,
+    rules: Vec<Compiled>,
+    /// The priority of the first rule, once known.
+    base: Option<u32>,
+    /// The rules' ids when the segment keeps its old place.
+    kept: Option<Vec<RuleId>>,
+}
+
+/// Priorities a segment takes: one per rule, and at least one (a tier's
+/// end slot is where its `Pass` rules resume, even when it holds no rule).
+fn width(rules: &[Compiled]) -> u64 {
+    rules.len().max(1) as u64
+}
+
+/// Priorities segments may take: `0..PRIORITY_END` ([`Priority::MAX`] is
+/// reserved).
+const PRIORITY_END: u64 = u32::MAX as u64;
+
+/// Which of `bases` (`None`: not placed) form a longest strictly
+/// increasing subsequence: the segments that can keep their place.
+fn increasing_subsequence(bases: &[Option<u32>]) -> Vec<bool> {
+    // Patience sorting: `tails[k]` ends the best subsequence of length
+    // k + 1 found so far; `prev` links each element to its predecessor.
+    let mut tails: Vec<usize> = Vec::new();
+    let mut prev = vec![usize::MAX; bases.len()];
+    for (i, b) in bases.iter().enumerate() {
+        let Some(b) = *b else { continue };
+        let k = tails.partition_point(|&t| bases[t].expect("placed") < b);
+        if k > 0 {
+            prev[i] = tails[k - 1];
+        }
+        if k == tails.len() {
+            tails.push(i);
+        } else {
+            tails[k] = i;
+        }
+    }
+    let mut keep = vec![false; bases.len()];
+    let mut i = tails.last().copied().unwrap_or(usize::MAX);
+    while i != usize::MAX {
+        keep[i] = true;
+        i = prev[i];
+    }
+    keep
+}
+
+/// Gives every segment without a base one between its placed neighbours,
+/// spreading each run of them evenly over the gap it goes into; false
+/// (and some left without a base) if a run does not fit its gap.
+fn place(next: &mut [Next]) -> bool {
+    let mut lo = 0u64;
+    let mut i = 0;
+    while i < next.len() {
+        if let Some(base) = next[i].base {
+            lo = u64::from(base) + width(&next[i].rules);
+            i += 1;
+            continue;
+        }
+        let run_end = (i..next.len())
+            .find(|&j| next[j].base.is_some())
+            .unwrap_or(next.len());
+        let hi = next
+            .get(run_end)
+            .and_then(|n| n.base)
+            .map_or(PRIORITY_END, u64::from);
+        let run = &mut next[i..run_end];
+        let need: u64 = run.iter().map(|n| width(&n.rules)).sum();
+        let Some(room) = hi.checked_sub(lo).and_then(|r| r.checked_sub(need)) else {
+            return false;
+        };
+        let gap = room / (run.len() as u64 + 1);
+        let mut at = lo;
+        for n in run {
+            at += gap;
+            n.base = Some(u32::try_from(at).expect("below PRIORITY_END"));
+            at += width(&n.rules);
+        }
+        i = run_end;
+    }
+    true
 }
 
 const UNUSED_META: RuleMeta = RuleMeta {
@@ -163,10 +279,11 @@ impl DirState {
             return p.clone();
         }
         let log_names = self
-            .by_prio
-            .values()
-            .filter(|(_, c)| c.meta.kind == RuleKind::Log)
-            .map(|(_, c)| (c.meta.name, names.list[c.meta.name as usize].clone()))
+            .segments
+            .iter()
+            .flat_map(|s| &s.rules)
+            .filter(|c| c.meta.kind == RuleKind::Log)
+            .map(|c| (c.meta.name, names.list[c.meta.name as usize].clone()))
             .collect();
         let p = DirectionRules {
             classifier: self.rules.snapshot(),
@@ -177,74 +294,227 @@ impl DirState {
         p
     }
 
-    /// Takes the rule set from its rules to `want`; true if anything
-    /// changed.
-    fn sync(
+    /// Takes the rule set to the segments of `plan` (whose last is the
+    /// endpoint default, compiled to `default`), compiling only the
+    /// segments whose policy is not the one their rules were compiled
+    /// from; true if anything changed.
+    fn update(
         &mut self,
-        want: BTreeMap<u32, Compiled>,
+        plan: Vec<Planned<'_>>,
+        default: DefaultAction,
+        env: &mut Env<'_>,
         user: &(String, Direction),
         derived: &mut Derived,
         bases: &BTreeMap<String, AddrSet>,
     ) -> bool {
-        let stale: Vec<u32> = self
-            .by_prio
-            .iter()
-            .filter(|(p, (_, c))| want.get(p) != Some(c))
-            .map(|(p, _)| *p)
+        // The old segments by key; of a key listed twice, the first.
+        let mut old: Vec<Option<Placed>> = std::mem::take(&mut self.segments)
+            .into_iter()
+            .map(Some)
             .collect();
+        // Each planned segment with its rules (`None`: the old ones) and
+        // the old segment it stays in the place of.
+        let mut matched: Vec<(Planned<'_>, Option<Vec<Compiled>>, Option<usize>)> =
+            Vec::with_capacity(plan.len());
+        {
+            let mut by_key: HashMap<KeyRef<'_>, usize> = HashMap::with_capacity(old.len());
+            for (i, s) in old.iter().enumerate() {
+                let s = s.as_ref().expect("all there");
+                by_key.entry(s.key.as_ref()).or_insert(i);
+            }
+            for p in plan {
+                let prev = by_key
+                    .remove(&p.key)
+                    .map(|i| (i, old[i].as_ref().expect("matched once")));
+                let unchanged = prev.is_some_and(|(_, o)| match (&o.policy, p.policy) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                });
+                if unchanged {
+                    let i = prev.map(|(i, _)| i);
+                    matched.push((p, None, i));
+                    continue;
+                }
+                let rules = match (p.key, p.policy, p.tier) {
+                    (KeyRef::Policy { policy: name, .. }, Some(policy), _) => {
+                        compile::compile_policy(name, policy, env)
+                    }
+                    (KeyRef::TierEnd { .. }, _, Some(tier)) => compile::compile_tier_end(tier, env),
+                    _ => compile::compile_default(default),
+                };
+                // Rules compiled again to what they were stay in place
+                // (say, the policy changed in the other direction only).
+                let i = prev.filter(|(_, o)| o.rules == rules).map(|(i, _)| i);
+                matched.push((p, Some(rules), i));
+            }
+        }
+        let mut next: Vec<Next> = Vec::with_capacity(matched.len());
+        for (p, rules, i) in matched {
+            next.push(match i.and_then(|i| old[i].take()) {
+                Some(o) => Next {
+                    key: o.key,
+                    policy: p.policy.cloned(),
+                    rules: o.rules,
+                    base: Some(o.base),
+                    kept: Some(o.ids),
+                },
+                None => Next {
+                    key: p.key.to_key(),
+                    policy: p.policy.cloned(),
+                    rules: rules.expect("compiled when not kept"),
+                    base: None,
+                    kept: None,
+                },
+            });
+        }
+        let stale = old.into_iter().flatten();
+
+        // Segments that keep their place must stay in priority order: keep
+        // the longest run of them that is, move the others.
+        let keep = increasing_subsequence(&next.iter().map(|n| n.base).collect::<Vec<_>>());
+        let mut removed: Vec<Vec<RuleId>> = stale.map(|s| s.ids).collect();
+        for (n, keep) in next.iter_mut().zip(keep) {
+            if !keep {
+                n.base = None;
+                removed.extend(n.kept.take());
+            }
+        }
+        if !place(&mut next) {
+            // No room where something goes: lay the whole direction out
+            // again.
+            for n in &mut next {
+                n.base = None;
+                removed.extend(n.kept.take());
+            }
+            assert!(
+                place(&mut next),
+                "a direction's rules fit the priority space"
+            );
+        }
+
         let mut released = Vec::new();
-        for p in &stale {
-            let (id, c) = self.by_prio.remove(p).expect("listed");
-            self.rules.remove(id).expect("the rule set holds it");
+        let mut changed = false;
+        for id in removed.into_iter().flatten() {
+            let rule = self.rules.remove(id).expect("the rule set holds it");
             self.meta[id.0 as usize] = UNUSED_META;
             self.free.push(id.0);
-            for side in [&c.src, &c.dst] {
-                if let Side::Set(expr) = side {
-                    released.push(derived.by_expr[expr]);
+            for side in [&rule.src, &rule.dst] {
+                if let AddrMatch::Set(set) = side {
+                    released.push(set.0);
                 }
             }
+            changed = true;
         }
-        let mut added = 0;
-        for (p, c) in want {
-            if self.by_prio.contains_key(&p) {
-                continue;
-            }
-            let src = self.resolve(&c.src, user, derived, bases);
-            let dst = self.resolve(&c.dst, user, derived, bases);
-            let id = match self.free.pop() {
-                Some(id) => id,
+        let mut segments = Vec::with_capacity(next.len());
+        for n in next {
+            let base = n.base.expect("placed");
+            let ids = match n.kept {
+                Some(ids) => ids,
                 None => {
-                    self.meta.push(UNUSED_META);
-                    (self.meta.len() - 1) as u32
+                    let ids = n
+                        .rules
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| self.insert(c, base + i as u32, user, derived, bases))
+                        .collect();
+                    changed |= !n.rules.is_empty();
+                    ids
                 }
             };
-            let rule = Rule {
-                id: RuleId(id),
-                priority: Priority(p),
-                src,
-                dst,
-                sport: c.sport,
-                dport: c.dport,
-                proto: c.proto,
-                action: c.action(),
-            };
-            self.rules
-                .insert(rule)
-                .expect("compiled rules have unique ids and priorities and valid ranges");
-            self.meta[id as usize] = c.meta;
-            self.by_prio.insert(p, (RuleId(id), c));
-            added += 1;
+            segments.push(Placed {
+                key: n.key,
+                policy: n.policy,
+                rules: n.rules,
+                base,
+                ids,
+            });
         }
+        // What each rule means, its resume point made absolute: a `Pass`
+        // resumes after its tier's end slot (which follows it).
+        let mut tier_end = 0;
+        for s in segments.iter().rev() {
+            if matches!(s.key, SegmentKey::TierEnd { .. }) {
+                tier_end = s.base;
+            }
+            for (c, id) in s.rules.iter().zip(&s.ids) {
+                let resume = match c.meta.kind {
+                    RuleKind::Pass => tier_end,
+                    _ => s.base + c.meta.resume.0,
+                };
+                let meta = RuleMeta {
+                    resume: Priority(resume),
+                    ..c.meta
+                };
+                let slot = &mut self.meta[id.0 as usize];
+                if *slot != meta {
+                    *slot = meta;
+                    changed = true;
+                }
+            }
+        }
+        self.segments = segments;
         // Released after the inserts, so a set a new rule still uses is
         // neither emptied nor recomputed.
         for id in released {
             self.release(id, user, derived);
         }
-        let changed = !stale.is_empty() || added > 0;
         if changed {
             self.published = None;
         }
         changed
+    }
+
+    /// Inserts one compiled rule at `priority`; returns its id.
+    fn insert(
+        &mut self,
+        c: &Compiled,
+        priority: u32,
+        user: &(String, Direction),
+        derived: &mut Derived,
+        bases: &BTreeMap<String, AddrSet>,
+    ) -> RuleId {
+        let src = self.resolve(&c.src, user, derived, bases);
+        let dst = self.resolve(&c.dst, user, derived, bases);
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.meta.push(UNUSED_META);
+                (self.meta.len() - 1) as u32
+            }
+        };
+        let rule = Rule {
+            id: RuleId(id),
+            priority: Priority(priority),
+            src,
+            dst,
+            sport: c.sport,
+            dport: c.dport,
+            proto: c.proto,
+            action: c.action(),
+        };
+        self.rules
+            .insert(rule)
+            .expect("compiled rules have unique ids and priorities and valid ranges");
+        RuleId(id)
+    }
+
+    /// Removes every rule (the attachment is gone).
+    fn clear(&mut self, user: &(String, Direction), derived: &mut Derived) {
+        let mut released = Vec::new();
+        for s in std::mem::take(&mut self.segments) {
+            for id in s.ids {
+                let rule = self.rules.remove(id).expect("the rule set holds it");
+                for side in [&rule.src, &rule.dst] {
+                    if let AddrMatch::Set(set) = side {
+                        released.push(set.0);
+                    }
+                }
+            }
+        }
+        for id in released {
+            self.release(id, user, derived);
+        }
+        self.published = None;
     }
 
     fn resolve(
@@ -312,7 +582,8 @@ pub struct PolicyDb {
     sets: BTreeMap<String, BTreeSet<IpNet>>,
     /// The same sets as [`AddrSet`]s, for the set algebra.
     bases: BTreeMap<String, AddrSet>,
-    policies: BTreeMap<String, PolicySpec>,
+    /// Shared with the segments compiled from them.
+    policies: BTreeMap<String, Arc<PolicySpec>>,
     endpoints: BTreeMap<String, EndpointState>,
     derived: Derived,
     names: Names,
@@ -409,22 +680,25 @@ impl PolicyDb {
                 }
             }
         }
-        // Policies the batch leaves alone must not lose a set.
-        for (name, p) in &self.policies {
-            if deleted_policies.contains(name.as_str())
-                || b.set_policies.iter().any(|q| &q.name == name)
-            {
-                continue;
-            }
-            if let Some(set) = policy_sets(p).find(|s| deleted_sets.contains(s)) {
-                let i = b
-                    .delete_ip_sets
-                    .iter()
-                    .position(|d| d == set)
-                    .expect("deleted");
-                return Err(ApplyError::FailedPrecondition(format!(
-                    "delete_ip_sets[{i}]: IP set {set:?} is used by policy {name:?}"
-                )));
+        // Policies the batch leaves alone must not lose a set (if it
+        // deletes any: the loop is over every policy).
+        if !deleted_sets.is_empty() {
+            for (name, p) in &self.policies {
+                if deleted_policies.contains(name.as_str())
+                    || b.set_policies.iter().any(|q| &q.name == name)
+                {
+                    continue;
+                }
+                if let Some(set) = policy_sets(p).find(|s| deleted_sets.contains(s)) {
+                    let i = b
+                        .delete_ip_sets
+                        .iter()
+                        .position(|d| d == set)
+                        .expect("deleted");
+                    return Err(ApplyError::FailedPrecondition(format!(
+                        "delete_ip_sets[{i}]: IP set {set:?} is used by policy {name:?}"
+                    )));
+                }
             }
         }
         for (i, e) in b.set_endpoints.iter().enumerate() {
@@ -498,9 +772,9 @@ impl PolicyDb {
         }
         let mut changed_policies = BTreeSet::new();
         for p in b.set_policies {
-            if self.policies.get(&p.name) != Some(&p) {
+            if self.policies.get(&p.name).map(|q| &**q) != Some(&p) {
                 changed_policies.insert(p.name.clone());
-                self.policies.insert(p.name.clone(), p);
+                self.policies.insert(p.name.clone(), Arc::new(p));
             }
         }
         let mut recompile: BTreeSet<String> = self
@@ -615,9 +889,17 @@ impl PolicyDb {
                 own: &ep.own,
                 name: &mut intern,
             };
-            let want = compile::compile_direction(&ep.spec, policies, &mut env);
+            let started = std::time::Instant::now();
+            let (plan, default) = compile::layout(&ep.spec, dir, policies);
             let user = (name.to_owned(), dir);
-            changed |= ep.dirs[dir_index(dir)].sync(want, &user, derived, bases);
+            changed |=
+                ep.dirs[dir_index(dir)].update(plan, default, &mut env, &user, derived, bases);
+            tracing::debug!(
+                interface = name,
+                ?dir,
+                took_us = started.elapsed().as_micros() as u64,
+                "endpoint policy compiled"
+            );
         }
         changed
     }
@@ -630,7 +912,7 @@ impl PolicyDb {
         };
         for dir in Direction::BOTH {
             let user = (name.to_owned(), dir);
-            ep.dirs[dir_index(dir)].sync(BTreeMap::new(), &user, &mut self.derived, &self.bases);
+            ep.dirs[dir_index(dir)].clear(&user, &mut self.derived);
         }
         true
     }
@@ -655,7 +937,7 @@ impl PolicyDb {
             Some(i) => self.endpoints.get(i).into_iter().collect(),
         };
         let policies: Vec<&PolicySpec> = match interface {
-            None => self.policies.values().collect(),
+            None => self.policies.values().map(|p| &**p).collect(),
             Some(_) => {
                 let used: BTreeSet<&str> = endpoints
                     .iter()
@@ -663,7 +945,7 @@ impl PolicyDb {
                     .flat_map(|t| t.policies.iter().map(String::as_str))
                     .collect();
                 used.into_iter()
-                    .filter_map(|p| self.policies.get(p))
+                    .filter_map(|p| self.policies.get(p).map(|p| &**p))
                     .collect()
             }
         };
@@ -730,4 +1012,215 @@ fn check_rule(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+impl PolicyDb {
+    /// One direction of an endpoint as the workers evaluate it, without
+    /// what is free to differ between two databases holding the same
+    /// state (rule ids, priorities, derived set ids): per rule in
+    /// priority order, its matches (a derived set by its members), its
+    /// action and meaning, and where it resumes as a position in that
+    /// order. Checks the bookkeeping on the way.
+    pub(super) fn evaluation_order(&self, interface: &str, dir: Direction) -> Vec<String> {
+        let st = &self.endpoints[interface].dirs[dir_index(dir)];
+        let mut placed: Vec<(u32, RuleId)> = Vec::new();
+        let mut end = 0u64;
+        for s in &st.segments {
+            assert!(
+                u64::from(s.base) >= end,
+                "segments overlap or are out of order"
+            );
+            assert_eq!(s.ids.len(), s.rules.len());
+            for (i, id) in s.ids.iter().enumerate() {
+                let rule = st
+                    .rules
+                    .get(*id)
+                    .expect("the rule set holds every placed rule");
+                assert_eq!(rule.priority, Priority(s.base + i as u32));
+                placed.push((rule.priority.0, *id));
+            }
+            end = u64::from(s.base) + width(&s.rules);
+        }
+        assert_eq!(placed.len(), st.rules.len(), "no rule outside the segments");
+        let describe = |m: &AddrMatch| match m {
+            AddrMatch::Set(id) => {
+                let members: Vec<IpNet> = self.derived.sets[&id.0].members.nets().collect();
+                format!("set{members:?}")
+            }
+            other => format!("{other:?}"),
+        };
+        placed
+            .iter()
+            .map(|&(_, id)| {
+                let r = st.rules.get(id).expect("placed");
+                let meta = st.meta[id.0 as usize];
+                let resume = placed.partition_point(|&(p, _)| p <= meta.resume.0);
+                format!(
+                    "{} {} {:?} {:?} {:?} {:?} {:?} {} resume@{}",
+                    describe(&r.src),
+                    describe(&r.dst),
+                    r.sport,
+                    r.dport,
+                    r.proto,
+                    r.action,
+                    meta.kind,
+                    self.rule_name(meta.name),
+                    match meta.kind {
+                        RuleKind::Log | RuleKind::Pass | RuleKind::Skip => resume,
+                        RuleKind::Allow | RuleKind::Deny => 0,
+                    }
+                )
+            })
+            .collect()
+    }
+
+    /// The (priority, id) of every rule of one direction.
+    pub(super) fn placement(&self, interface: &str, dir: Direction) -> BTreeSet<(u32, u32)> {
+        let st = &self.endpoints[interface].dirs[dir_index(dir)];
+        st.rules.rules().map(|r| (r.priority.0, r.id.0)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::spec::{EndAction, TierSpec};
+    use crate::policy::{Action, PortRange};
+
+    fn policy(name: &str, port: u16) -> PolicySpec {
+        let net: IpNet = format!("172.16.{}.{}/32", port / 250, port % 250 + 1)
+            .parse()
+            .unwrap();
+        PolicySpec {
+            name: name.into(),
+            ingress: vec![RuleSpec {
+                protocol: Some(17),
+                source: SideSpec {
+                    nets: vec![net],
+                    ..SideSpec::default()
+                },
+                destination: SideSpec {
+                    ports: vec![PortRange::exact(port)],
+                    ..SideSpec::default()
+                },
+                ..RuleSpec::new(Action::Allow)
+            }],
+            egress: vec![],
+        }
+    }
+
+    fn attach(policies: &[String]) -> EndpointPolicySpec {
+        EndpointPolicySpec {
+            interface: "ep".into(),
+            ingress: vec![TierSpec {
+                name: "default".into(),
+                policies: policies.to_vec(),
+                end_action: EndAction::Deny,
+            }],
+            egress: vec![],
+            ingress_default: DefaultAction::Allow,
+            egress_default: DefaultAction::Allow,
+        }
+    }
+
+    fn own(_: &str) -> Vec<IpAddr> {
+        vec!["10.65.0.2".parse().unwrap()]
+    }
+
+    /// One policy more or less among many edits the rule set by that
+    /// policy's rules only: every other rule keeps its id and priority.
+    #[test]
+    fn a_policy_added_or_removed_among_many_touches_only_its_rules() {
+        let mut names: Vec<String> = (0..1000).map(|i| format!("filler-{i:04}")).collect();
+        let mut db = PolicyDb::new();
+        let batch = PolicyBatch {
+            set_policies: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| policy(n, i as u16))
+                .collect(),
+            set_endpoints: vec![attach(&names)],
+            ..PolicyBatch::default()
+        };
+        db.validate(&batch, |i| i == "ep").unwrap();
+        db.apply(batch, own);
+        let before = db.placement("ep", Direction::Ingress);
+        assert_eq!(
+            before.len(),
+            1000 + 2,
+            "the fillers, the tier's end, the default"
+        );
+
+        // First in name order, as "allow-client" comes before "filler-…".
+        names.insert(0, "allow-client".into());
+        let batch = PolicyBatch {
+            set_policies: vec![policy("allow-client", 5001)],
+            set_endpoints: vec![attach(&names)],
+            ..PolicyBatch::default()
+        };
+        db.validate(&batch, |i| i == "ep").unwrap();
+        assert_eq!(db.apply(batch, own), ["ep".to_owned()].into());
+        let with = db.placement("ep", Direction::Ingress);
+        assert_eq!(with.difference(&before).count(), 1);
+        assert!(before.is_subset(&with));
+
+        names.remove(0);
+        let batch = PolicyBatch {
+            set_endpoints: vec![attach(&names)],
+            delete_policies: vec!["allow-client".into()],
+            ..PolicyBatch::default()
+        };
+        db.validate(&batch, |i| i == "ep").unwrap();
+        db.apply(batch, own);
+        assert_eq!(db.placement("ep", Direction::Ingress), before);
+    }
+
+    /// Insertions at one spot use up the gap there; the direction is then
+    /// laid out again, and stays what a fresh database compiles.
+    #[test]
+    fn a_full_gap_lays_the_direction_out_again() {
+        let mut names: Vec<String> = vec!["z".into()];
+        let mut db = PolicyDb::new();
+        let mut set = vec![policy("z", 1)];
+        for i in 0..40u16 {
+            names.insert(0, format!("p{i:02}"));
+            set.push(policy(&names[0], i + 2));
+            let batch = PolicyBatch {
+                set_policies: vec![policy(&names[0], i + 2)],
+                set_endpoints: vec![attach(&names)],
+                ..PolicyBatch::default()
+            };
+            let batch = if i == 0 {
+                PolicyBatch {
+                    set_policies: vec![policy("z", 1), policy(&names[0], 2)],
+                    ..batch
+                }
+            } else {
+                batch
+            };
+            db.validate(&batch, |i| i == "ep").unwrap();
+            db.apply(batch, own);
+            let mut fresh = PolicyDb::new();
+            fresh.apply(
+                PolicyBatch {
+                    set_policies: set.clone(),
+                    set_endpoints: vec![attach(&names)],
+                    ..PolicyBatch::default()
+                },
+                own,
+            );
+            assert_eq!(
+                db.evaluation_order("ep", Direction::Ingress),
+                fresh.evaluation_order("ep", Direction::Ingress)
+            );
+        }
+    }
+
+    #[test]
+    fn increasing_subsequence_keeps_the_longest_ordered_run() {
+        let keep = increasing_subsequence(&[Some(5), None, Some(1), Some(2), Some(9), Some(3)]);
+        assert_eq!(keep, [false, false, true, true, false, true]);
+        assert!(increasing_subsequence(&[]).is_empty());
+    }
 }

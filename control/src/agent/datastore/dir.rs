@@ -2,11 +2,20 @@
 //! `*.json`; hidden files and subfolders are not read), the standalone
 //! mode the lab runs in.
 //!
-//! The folder is read on a change that `notify` reports (after a short
-//! quiet period, so that a burst of writes is read once), every
-//! [`DirSource::rescan_every`] in case a change went unreported, and
-//! whenever the agent asks for a [refresh](super::SourceHandle::refresh).
-//! Each read lists the folder and `stat`s every file; it reads only the
+//! The folder is followed through `notify`'s events, file by file: a
+//! manifest that is complete — renamed into or out of place, removed, or
+//! closed after writing — is read at once (at most once per quiet period,
+//! so that a burst of changes is read in a few reads); one that is being
+//! written is read once its writes go quiet for a short while; an event
+//! that names no manifest the folder's reader can tell (a hidden entry,
+//! as a mounted ConfigMap swaps its `..data` link; a lost event) has the
+//! whole folder read after that quiet period. Files that are not
+//! manifests and not hidden (a writer's `x.yaml.tmp`) are ignored. The
+//! whole folder is also read every [`DirSource::rescan_every`] in case a
+//! change went unreported, and whenever the agent asks for a
+//! [refresh](super::SourceHandle::refresh).
+//!
+//! A whole read lists the folder and `stat`s every file; it reads only the
 //! files whose metadata changed or changed recently, and parses only
 //! those whose bytes changed since the last read ([`FileCache`]): an
 //! unchanged file gives the very objects it gave before, so the store and
@@ -23,6 +32,7 @@ use std::time::Duration;
 
 use notify::Watcher as _;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::manifest::{self, Origin, Problem, Severity};
@@ -194,7 +204,58 @@ pub fn scan_cached(dir: &Path, cache: &mut FileCache) -> io::Result<Scan> {
     }
     files_changed |= !old.is_empty();
     scan.files_changed = files_changed;
+    assemble(cache, &mut scan);
+    Ok(scan)
+}
 
+/// [`scan_cached`] for the files `names` of `dir` only (those that are
+/// gone included): the others are taken to be as `cache` holds them.
+pub fn scan_files<'a>(
+    dir: &Path,
+    cache: &mut FileCache,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Scan {
+    let mut scan = Scan::default();
+    for name in names {
+        let path = dir.join(name);
+        // Follows symlinks, as a mounted ConfigMap's files are links.
+        let read = if path.is_file() {
+            std::fs::read(&path)
+        } else {
+            Err(io::ErrorKind::NotFound.into())
+        };
+        let bytes = match read {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                scan.files_changed |= cache.files.remove(name).is_some();
+                continue;
+            }
+            Err(e) => {
+                scan.problems.push(Problem {
+                    origin: Origin::file(name),
+                    severity: Severity::Error,
+                    message: format!("cannot read: {e}"),
+                });
+                scan.files_changed |= cache.files.remove(name).is_some();
+                continue;
+            }
+        };
+        let stamp = Stamp::of(&path);
+        let file = match cache.files.remove(name) {
+            Some(file) if file.bytes == bytes => CachedFile { stamp, ..file },
+            _ => {
+                scan.files_changed = true;
+                CachedFile::parse(name, stamp, bytes)
+            }
+        };
+        cache.files.insert(name.to_owned(), file);
+    }
+    assemble(cache, &mut scan);
+    scan
+}
+
+/// The objects and problems of the files `cache` holds, into `scan`.
+fn assemble(cache: &FileCache, scan: &mut Scan) {
     let mut objects: BTreeMap<&ObjectKey, (&Origin, &Object)> = BTreeMap::new();
     for file in cache.files.values() {
         scan.problems.extend(file.problems.iter().cloned());
@@ -216,7 +277,6 @@ pub fn scan_cached(dir: &Path, cache: &mut FileCache) -> io::Result<Scan> {
             .into_iter()
             .map(|(key, (_, object))| (key.clone(), object.clone())),
     );
-    Ok(scan)
 }
 
 /// The folder source.
@@ -234,10 +294,12 @@ type RefreshRequest = oneshot::Sender<()>;
 impl DirSource {
     /// Default period of the fallback rescan.
     pub const RESCAN_EVERY: Duration = Duration::from_secs(5);
-    /// How long a burst of changes must go quiet before the folder is
-    /// read. Short: a read that finds most files as they were costs
-    /// little, and writers that care (`lab apply`) write a whole file
-    /// under another name and rename it.
+    /// How long the writes to a file (or unexplained events) must go
+    /// quiet before it is (or the folder is) read, and the least time
+    /// between two reads of complete files, so that a burst of changes
+    /// is read a few times rather than once per file. Short: writers that
+    /// care (`lab apply`) write a whole file under another name and
+    /// rename it, which is read at once.
     pub const QUIET: Duration = Duration::from_millis(10);
 
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -265,7 +327,7 @@ impl DirSource {
     /// Reads the folder into `store`, then keeps it up to date in a task
     /// until the handle is dropped.
     pub async fn start(self, store: Store) -> SourceHandle {
-        let (events_tx, events) = mpsc::unbounded_channel::<()>();
+        let (events_tx, events) = mpsc::unbounded_channel::<Change>();
         // Watch before the first read, so that no change falls between.
         let watcher = match self.notify.then(|| self.watch(events_tx)) {
             None => None,
@@ -294,47 +356,186 @@ impl DirSource {
         // Kept alive for as long as the loop runs: dropping it ends the
         // watch.
         _watcher: Option<notify::RecommendedWatcher>,
-        mut events: mpsc::UnboundedReceiver<()>,
+        mut events: mpsc::UnboundedReceiver<Change>,
         mut refresh: mpsc::Receiver<RefreshRequest>,
     ) {
         let mut rescan = tokio::time::interval(self.rescan_every);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         rescan.reset();
+        let mut due = Due::default();
+        // When the last read of complete files ended.
+        let mut last_read: Option<Instant> = None;
         loop {
+            let wake = due.next();
             tokio::select! {
-                Some(()) = events.recv() => {
-                    // Let a burst of writes settle, then read once.
-                    tokio::time::sleep(self.quiet).await;
-                    while events.try_recv().is_ok() {}
-                    debug!("manifest folder changed");
-                    reader.read(&self.dir, &store).await;
+                Some(change) = events.recv() => {
+                    let now = Instant::now();
+                    let earliest = last_read.map_or(now, |t| (t + self.quiet).max(now));
+                    due.add(change, now, earliest, self.quiet);
+                    while let Ok(change) = events.try_recv() {
+                        due.add(change, now, earliest, self.quiet);
+                    }
+                }
+                () = sleep_until(wake) => {
+                    let now = Instant::now();
+                    if due.all.is_some_and(|t| t <= now) {
+                        due = Due::default();
+                        debug!("manifest folder changed");
+                        reader.read(&self.dir, &store).await;
+                    } else {
+                        let names = due.take(now);
+                        debug!(files = names.len(), "manifests changed");
+                        reader.read_files(&self.dir, names, &store).await;
+                    }
+                    last_read = Some(Instant::now());
                 }
                 request = refresh.recv() => {
                     let Some(done) = request else { return };
+                    due = Due::default();
                     reader.read(&self.dir, &store).await;
                     let _ = done.send(());
                 }
-                _ = rescan.tick() => reader.read(&self.dir, &store).await,
+                _ = rescan.tick() => {
+                    due = Due::default();
+                    reader.read(&self.dir, &store).await;
+                }
             }
         }
     }
 
     fn watch(
         &self,
-        events: mpsc::UnboundedSender<()>,
+        events: mpsc::UnboundedSender<Change>,
     ) -> notify::Result<notify::RecommendedWatcher> {
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                let relevant = match &event {
-                    Ok(e) => !e.kind.is_access(),
-                    Err(_) => true,
-                };
-                if relevant {
-                    let _ = events.send(());
+                if let Some(change) = Change::of(event) {
+                    let _ = events.send(change);
                 }
             })?;
         watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
         Ok(watcher)
+    }
+}
+
+/// What one notification says about the folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    /// These manifests are complete as they are now: renamed into or out
+    /// of place, removed, or closed after writing.
+    Settled(Vec<String>),
+    /// These manifests are being written (created, written to, their
+    /// metadata changed).
+    Writing(Vec<String>),
+    /// Something that may change what the manifests hold without naming
+    /// one: a hidden entry (a mounted ConfigMap's `..data` link), the
+    /// folder itself, a lost event.
+    Unknown,
+}
+
+impl Change {
+    /// `None` for events that change nothing (reads, files that are not
+    /// manifests).
+    fn of(event: notify::Result<notify::Event>) -> Option<Change> {
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+        let Ok(event) = event else {
+            return Some(Change::Unknown);
+        };
+        let settled = match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Name(_)) => true,
+            EventKind::Access(_) => return None,
+            EventKind::Create(_) | EventKind::Modify(_) => false,
+            EventKind::Any | EventKind::Other => return Some(Change::Unknown),
+        };
+        if event.need_rescan() || event.paths.is_empty() {
+            return Some(Change::Unknown);
+        }
+        let mut names = Vec::new();
+        for path in &event.paths {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                return Some(Change::Unknown);
+            };
+            if is_manifest(name) {
+                names.push(name.to_owned());
+            } else if name.starts_with('.') {
+                return Some(Change::Unknown);
+            }
+        }
+        if names.is_empty() {
+            return None;
+        }
+        Some(if settled {
+            Change::Settled(names)
+        } else {
+            Change::Writing(names)
+        })
+    }
+}
+
+/// The reads the events call for, and when each is due.
+#[derive(Debug, Default)]
+struct Due {
+    /// Complete files, and when they may be read.
+    settled: BTreeMap<String, Instant>,
+    /// Files being written, and when their writes will have gone quiet.
+    writing: BTreeMap<String, Instant>,
+    /// When the whole folder is to be read.
+    all: Option<Instant>,
+}
+
+impl Due {
+    /// Notes `change`, seen at `now`; complete files are due at
+    /// `earliest`.
+    fn add(&mut self, change: Change, now: Instant, earliest: Instant, quiet: Duration) {
+        match change {
+            Change::Settled(names) => {
+                for name in names {
+                    self.writing.remove(&name);
+                    self.settled.entry(name).or_insert(earliest);
+                }
+            }
+            Change::Writing(names) => {
+                for name in names {
+                    self.settled.remove(&name);
+                    self.writing.insert(name, now + quiet);
+                }
+            }
+            Change::Unknown => self.all = Some(now + quiet),
+        }
+    }
+
+    /// When the next read is due.
+    fn next(&self) -> Option<Instant> {
+        self.settled
+            .values()
+            .chain(self.writing.values())
+            .chain(&self.all)
+            .min()
+            .copied()
+    }
+
+    /// The files due by `now`, no longer due.
+    fn take(&mut self, now: Instant) -> Vec<String> {
+        let mut names = Vec::new();
+        for list in [&mut self.settled, &mut self.writing] {
+            list.retain(|name, at| {
+                if *at <= now {
+                    names.push(name.clone());
+                }
+                *at > now
+            });
+        }
+        names
+    }
+}
+
+/// Sleeps until `at`, or for ever when nothing is due.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -348,6 +549,7 @@ struct Reader {
 }
 
 impl Reader {
+    /// Reads the whole folder.
     async fn read(&mut self, dir: &Path, store: &Store) {
         let path = dir.to_owned();
         let first = self.cache.is_none();
@@ -374,6 +576,28 @@ impl Reader {
         };
         self.cache = Some(cache);
         self.unreadable = false;
+        self.store(scan, first, store);
+    }
+
+    /// Reads the files `names` only (the whole folder before the first
+    /// read).
+    async fn read_files(&mut self, dir: &Path, names: Vec<String>, store: &Store) {
+        let Some(mut cache) = self.cache.take() else {
+            return self.read(dir, store).await;
+        };
+        let path = dir.to_owned();
+        let (cache, scan) = tokio::task::spawn_blocking(move || {
+            let scan = scan_files(&path, &mut cache, names.iter().map(String::as_str));
+            (cache, scan)
+        })
+        .await
+        .expect("manifest read panicked");
+        self.cache = Some(cache);
+        self.store(scan, false, store);
+    }
+
+    /// Puts what a read found into the store.
+    fn store(&mut self, scan: Scan, first: bool, store: &Store) {
         if scan.problems != self.problems {
             for p in scan.problems.iter().filter(|p| !self.problems.contains(p)) {
                 match p.severity {
@@ -390,7 +614,7 @@ impl Reader {
         // A file that changed without changing any object still counts
         // as a change: whoever wrote it waits for a new revision.
         if store.replace_all(scan.objects, !first) {
-            debug!(revision = store.revision().current(), "manifests changed");
+            debug!(revision = store.revision().current(), "manifests stored");
         }
     }
 }
@@ -498,6 +722,92 @@ mod tests {
         assert!(removed.files_changed);
         assert_eq!(removed.objects.len(), 1);
         assert_eq!(scan(dir.path()).unwrap().objects, removed.objects);
+    }
+
+    #[test]
+    fn reading_the_changed_files_finds_what_a_whole_read_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ns.yaml"), NS).unwrap();
+        std::fs::write(dir.path().join("a.yaml"), POD).unwrap();
+        let mut cache = FileCache::default();
+        scan_cached(dir.path(), &mut cache).unwrap();
+
+        // Changed, added, removed, and a name that never was.
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            POD.replace("name: p,", "name: q,"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("b.yaml"), POD).unwrap();
+        std::fs::remove_file(dir.path().join("ns.yaml")).unwrap();
+        let some = scan_files(
+            dir.path(),
+            &mut cache,
+            ["a.yaml", "b.yaml", "ns.yaml", "none.yaml"],
+        );
+        assert!(some.files_changed);
+        assert_eq!(some.objects, scan(dir.path()).unwrap().objects);
+        assert_eq!(some.objects.len(), 2);
+
+        // The same bytes again: no change.
+        let again = scan_files(dir.path(), &mut cache, ["a.yaml"]);
+        assert!(!again.files_changed);
+        assert_eq!(again.objects, some.objects);
+    }
+
+    #[test]
+    fn events_say_which_manifests_are_complete() {
+        use notify::event::{
+            AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RemoveKind, RenameMode,
+        };
+        let event = |kind, path: &str| Ok(notify::Event::new(kind).add_path(path.into()));
+        let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let moved = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert_eq!(
+            Change::of(event(moved, "/m/a.yaml")),
+            Some(Change::Settled(names(&["a.yaml"])))
+        );
+        assert_eq!(
+            Change::of(event(EventKind::Remove(RemoveKind::File), "/m/a.yaml")),
+            Some(Change::Settled(names(&["a.yaml"])))
+        );
+        let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert_eq!(
+            Change::of(event(closed, "/m/a.json")),
+            Some(Change::Settled(names(&["a.json"])))
+        );
+        assert_eq!(
+            Change::of(event(EventKind::Create(CreateKind::File), "/m/a.yml")),
+            Some(Change::Writing(names(&["a.yml"])))
+        );
+        // A writer's temporary file, and reads: nothing to do.
+        assert_eq!(Change::of(event(moved, "/m/a.yaml.tmp")), None);
+        let opened = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        assert_eq!(Change::of(event(opened, "/m/a.yaml")), None);
+        // A ConfigMap's link swap, or an error: read everything.
+        assert_eq!(Change::of(event(moved, "/m/..data")), Some(Change::Unknown));
+        assert_eq!(
+            Change::of(Err(notify::Error::generic("lost"))),
+            Some(Change::Unknown)
+        );
+    }
+
+    #[test]
+    fn complete_files_are_due_at_once_and_written_ones_once_quiet() {
+        let quiet = Duration::from_millis(10);
+        let t0 = Instant::now();
+        let mut due = Due::default();
+        due.add(Change::Writing(vec!["w.yaml".into()]), t0, t0, quiet);
+        due.add(Change::Settled(vec!["s.yaml".into()]), t0, t0, quiet);
+        assert_eq!(due.next(), Some(t0));
+        assert_eq!(due.take(t0), ["s.yaml"]);
+        assert_eq!(due.next(), Some(t0 + quiet));
+        // Closed after writing: complete, due at once.
+        due.add(Change::Settled(vec!["w.yaml".into()]), t0, t0, quiet);
+        assert_eq!(due.take(t0), ["w.yaml"]);
+        assert_eq!(due.next(), None);
+        due.add(Change::Unknown, t0, t0, quiet);
+        assert_eq!(due.all, Some(t0 + quiet));
     }
 
     #[tokio::test]

@@ -40,6 +40,7 @@
 //! allows nothing: such a peer or port matches nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use caracal_proto::dataplane as pb;
 use ipnet::IpNet;
@@ -93,7 +94,7 @@ pub fn calculate(objects: &Objects, endpoints: &Endpoints) -> DesiredPolicy {
         let name = np.metadata.name.as_deref().unwrap_or_default();
         let spec = np.spec.clone().unwrap_or_default();
         let (policy, attachment) = compile_policy(namespace, name, &spec, &mut sets);
-        policies.insert(policy.name.clone(), policy);
+        policies.insert(policy.name.clone(), Arc::new(policy));
         selecting.entry(namespace).or_default().extend(attachment);
     }
     let endpoints = endpoints

@@ -13,6 +13,7 @@
 //! deletes.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use caracal_proto::dataplane as pb;
 use ipnet::IpNet;
@@ -38,8 +39,12 @@ pub fn diff(old: &DesiredPolicy, new: &DesiredPolicy) -> pb::PolicyBatch {
     }
     batch.delete_ip_sets = gone(&old.ip_sets, &new.ip_sets);
     for (name, spec) in &new.policies {
-        if old.policies.get(name) != Some(spec) {
-            batch.set_policies.push(spec.clone());
+        let same = old
+            .policies
+            .get(name)
+            .is_some_and(|have| Arc::ptr_eq(have, spec) || have == spec);
+        if !same {
+            batch.set_policies.push((**spec).clone());
         }
     }
     batch.delete_policies = gone(&old.policies, &new.policies);
@@ -141,15 +146,17 @@ mod tests {
         };
         let mut old = DesiredPolicy::default();
         for p in [policy("a", "a/0"), policy("b", "b/0"), policy("c", "c/0")] {
-            old.policies.insert(p.name.clone(), p);
+            old.policies.insert(p.name.clone(), Arc::new(p));
         }
         old.endpoints.insert("ns/x".into(), attach("ns/x", &["a"]));
         old.endpoints
             .insert("ns/gone".into(), attach("ns/gone", &["a"]));
         let mut new = old.clone();
         new.policies.remove("c");
-        new.policies.insert("b".into(), policy("b", "b/1"));
-        new.policies.insert("d".into(), policy("d", "d/0"));
+        new.policies
+            .insert("b".into(), Arc::new(policy("b", "b/1")));
+        new.policies
+            .insert("d".into(), Arc::new(policy("d", "d/0")));
         new.endpoints.remove("ns/gone");
         new.endpoints
             .insert("ns/x".into(), attach("ns/x", &["a", "d"]));

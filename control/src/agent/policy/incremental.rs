@@ -236,7 +236,7 @@ impl PolicyCalculator {
         }
         if let Some((policy, attachment)) = compiled {
             let name = policy.name.clone();
-            self.out.policies.insert(name.clone(), policy);
+            self.out.policies.insert(name.clone(), Arc::new(policy));
             if let Some(a) = attachment {
                 attachments.insert(name.clone(), a);
             }

@@ -37,6 +37,7 @@ mod proptests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use caracal_proto::dataplane as pb;
 use ipnet::IpNet;
@@ -56,8 +57,10 @@ pub const TIER: &str = "default";
 pub struct DesiredPolicy {
     /// IP sets by name: addresses (host prefixes) and CIDRs.
     pub ip_sets: BTreeMap<String, BTreeSet<IpNet>>,
-    /// Policies by name.
-    pub policies: BTreeMap<String, pb::PolicySpec>,
+    /// Policies by name; shared, so that the agent's copies of one state
+    /// (the calculation's, the sync's) cost a pointer per policy and
+    /// compare by pointer where they share a policy.
+    pub policies: BTreeMap<String, Arc<pb::PolicySpec>>,
     /// Attachments by dataplane interface name.
     pub endpoints: BTreeMap<String, pb::EndpointPolicy>,
 }
@@ -87,7 +90,7 @@ impl DesiredPolicy {
                     .iter_mut()
                     .chain(&mut p.egress)
                     .for_each(canonical_rule);
-                (p.name.clone(), p)
+                (p.name.clone(), Arc::new(p))
             })
             .collect();
         let endpoints = state
@@ -111,7 +114,7 @@ impl DesiredPolicy {
                 .iter()
                 .map(|(name, members)| ip_set(name, members))
                 .collect(),
-            policies: self.policies.values().cloned().collect(),
+            policies: self.policies.values().map(|p| (**p).clone()).collect(),
             endpoints: self.endpoints.values().cloned().collect(),
         }
     }

@@ -743,7 +743,7 @@ fn apply(state: &mut DesiredPolicy, batch: &pb::PolicyBatch) {
         }
     }
     for p in &batch.set_policies {
-        state.policies.insert(p.name.clone(), p.clone());
+        state.policies.insert(p.name.clone(), Arc::new(p.clone()));
     }
     for e in &batch.set_endpoints {
         state.endpoints.insert(e.interface.clone(), e.clone());
