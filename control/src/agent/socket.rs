@@ -9,6 +9,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::net::UnixListener;
 use tracing::{info, warn};
@@ -55,11 +56,16 @@ impl Drop for SocketFile {
 }
 
 /// Binds a listener at `path`, creating its folder and replacing a stale
-/// socket first; the file has mode 0600 before anything is served on it.
+/// socket first. The socket listens, with mode 0600, under a temporary
+/// name that is then renamed to `path`: whoever sees the path can connect
+/// (a CNI plugin started with the agent does not meet a refused
+/// connection), and nobody connects while the mode is wider.
 pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), SocketError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(io_error(dir))?;
-    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_error(path)(e)),
@@ -74,11 +80,22 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), SocketError> {
             fs::remove_file(path).map_err(io_error(path))?;
         }
     }
-    let listener = UnixListener::bind(path).map_err(io_error(path))?;
+    // Short, so that it fits `sun_path` wherever `path` does.
+    static BINDS: AtomicU32 = AtomicU32::new(0);
+    let n = BINDS.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".agent-{}-{n}.sock", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(io_error(&tmp))?;
+    let placed = fs::set_permissions(&tmp, fs::Permissions::from_mode(SOCKET_MODE))
+        .map_err(io_error(&tmp))
+        .and_then(|()| fs::rename(&tmp, path).map_err(io_error(path)));
+    if let Err(e) = placed {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     let file = SocketFile {
         path: path.to_owned(),
     };
-    fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_MODE)).map_err(io_error(path))?;
     Ok((listener, file))
 }
 

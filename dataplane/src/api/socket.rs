@@ -9,6 +9,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{bail, Context as _};
 use tokio::net::UnixListener;
@@ -36,24 +37,39 @@ impl Drop for SocketFile {
 }
 
 /// Binds a listener at `path`, creating its directory and replacing a
-/// stale socket first. The file has mode 0600 before this returns, which
-/// is before anything is served on it.
+/// stale socket first. The socket is bound and listening under a
+/// temporary name, narrowed to mode 0600 and only then renamed to `path`:
+/// a client that sees the path can connect at once, and nobody ever
+/// connects to a socket of a wider mode.
 pub fn bind(path: &Path) -> anyhow::Result<(UnixListener, SocketFile)> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     remove_stale(path)?;
 
+    // Short, so that it fits `sun_path` wherever `path` does; unique per
+    // bind within and across processes.
+    static BINDS: AtomicU32 = AtomicU32::new(0);
+    let n = BINDS.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".api-{}-{n}.sock", std::process::id()));
+    let _ = fs::remove_file(&tmp);
     let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+        UnixListener::bind(&tmp).with_context(|| format!("binding {}", tmp.display()))?;
+    let placed = fs::set_permissions(&tmp, fs::Permissions::from_mode(SOCKET_MODE))
+        .with_context(|| format!("setting the mode of {}", tmp.display()))
+        .and_then(|()| {
+            fs::rename(&tmp, path)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        });
+    if let Err(e) = placed {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     let file = SocketFile {
         path: path.to_owned(),
     };
-    // The kernel creates the file with the umask's mode; narrow it before
-    // the first accept. (A connection queued in between would need a umask
-    // that grants others write access to a file of root's.)
-    fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_MODE))
-        .with_context(|| format!("setting the mode of {}", path.display()))?;
     Ok((listener, file))
 }
 
@@ -109,6 +125,13 @@ mod tests {
         let meta = fs::symlink_metadata(&path).unwrap();
         assert!(meta.file_type().is_socket());
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // Listening before the path exists; no temporary name left.
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["dataplane.sock"]);
         drop(listener);
         drop(file);
         assert!(!path.exists());
