@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_queue::ArrayQueue;
 
-use super::{BufferIndex, Meta, Packet, AREA_SIZE, META_SIZE, SLOT_SIZE};
+use super::{
+    BufferIndex, Meta, Packet, DATA_SIZE, DATA_SIZE_ALIGN, HEADROOM, MAX_DATA_SIZE, META_SIZE,
+};
 
 /// Start of the next pool's index range. Ranges are never reused, so an
 /// index names at most one slot in the whole process.
@@ -41,6 +43,8 @@ impl Default for BufferPoolConfig {
 pub enum BufferPoolError {
     #[error("a buffer pool needs between 1 and 2^24 buffers, not {0}")]
     BadSize(u32),
+    #[error("a buffer's data room is {DATA_SIZE_ALIGN} to {MAX_DATA_SIZE} bytes, not {0}")]
+    BadDataSize(usize),
     #[error("buffer index space exhausted")]
     IndexSpaceExhausted,
     #[error("cannot map {bytes} bytes of buffer memory: {source}")]
@@ -153,23 +157,43 @@ pub struct BufferPool {
     /// First index of this pool's range.
     index_base: u32,
     count: u32,
+    /// Bytes of packet data per buffer (a multiple of [`DATA_SIZE_ALIGN`]).
+    data_size: usize,
+    /// Distance between two slots: `META_SIZE + HEADROOM + data_size`.
+    slot_size: usize,
     free: ArrayQueue<u32>,
     /// Lengths of the live worker caches, published once per poll loop.
     cache_counts: Mutex<Vec<Arc<AtomicUsize>>>,
 }
 
 impl BufferPool {
+    /// A pool of buffers with the default data room, [`DATA_SIZE`].
     pub fn new(config: &BufferPoolConfig) -> Result<Arc<Self>, BufferPoolError> {
+        Self::with_data_size(config, DATA_SIZE)
+    }
+
+    /// A pool whose buffers hold `data_size` bytes of packet after their
+    /// headroom (rounded up to [`DATA_SIZE_ALIGN`]), e.g. 9216 for jumbo
+    /// frames; like DPDK's `data_room_size`, fixed for the pool's life.
+    pub fn with_data_size(
+        config: &BufferPoolConfig,
+        data_size: usize,
+    ) -> Result<Arc<Self>, BufferPoolError> {
         let count = config.buffers;
         if count == 0 || count > 1 << 24 {
             return Err(BufferPoolError::BadSize(count));
         }
+        if !(DATA_SIZE_ALIGN..=MAX_DATA_SIZE).contains(&data_size) {
+            return Err(BufferPoolError::BadDataSize(data_size));
+        }
+        let data_size = data_size.next_multiple_of(DATA_SIZE_ALIGN);
+        let slot_size = META_SIZE + HEADROOM + data_size;
         let index_base = NEXT_INDEX_BASE
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
                 b.checked_add(count)
             })
             .map_err(|_| BufferPoolError::IndexSpaceExhausted)?;
-        let map = Mapping::new(count as usize * SLOT_SIZE, config.hugepages)?;
+        let map = Mapping::new(count as usize * slot_size, config.hugepages)?;
         let free = ArrayQueue::new(count as usize);
         for i in 0..count {
             free.push(index_base + i)
@@ -179,6 +203,8 @@ impl BufferPool {
             map,
             index_base,
             count,
+            data_size,
+            slot_size,
             free,
             cache_counts: Mutex::new(Vec::new()),
         }))
@@ -191,6 +217,13 @@ impl BufferPool {
 
     pub fn total(&self) -> u32 {
         self.count
+    }
+
+    /// Bytes of packet data each buffer holds after its headroom: the
+    /// longest frame a port can receive into this pool.
+    #[inline]
+    pub fn data_size(&self) -> usize {
+        self.data_size
     }
 
     /// Current accounting. Exact when no worker is between two polls;
@@ -239,8 +272,9 @@ impl BufferPool {
             i < self.count,
             "buffer {index} does not belong to this pool"
         );
-        // SAFETY: `i < count`, so the offset stays inside the mapping.
-        unsafe { self.map.base.as_ptr().add(i as usize * SLOT_SIZE) }
+        // SAFETY: `i < count`, so the offset stays inside the mapping
+        // (`count * slot_size` bytes).
+        unsafe { self.map.base.as_ptr().add(i as usize * self.slot_size) }
     }
 
     /// The packet held by `b`.
@@ -248,14 +282,16 @@ impl BufferPool {
     pub fn packet<'a>(&'a self, b: &'a mut BufferIndex) -> Packet<'a> {
         let slot = self.slot_ptr(b.0);
         // SAFETY: the slot lies inside the mapping (checked above), is
-        // 64-byte aligned (page-aligned base, SLOT_SIZE a multiple of 64),
-        // and `b` is the unique token for it, borrowed mutably for 'a, so
-        // no other reference to this slot exists. Meta and the data area
-        // are disjoint parts of the slot. Any bit pattern is a valid `Meta`
-        // (plain integers) and a valid byte array.
+        // 64-byte aligned (page-aligned base, `slot_size` a multiple of
+        // 64), and `b` is the unique token for it, borrowed mutably for 'a,
+        // so no other reference to this slot exists. Meta and the data
+        // area (`HEADROOM + data_size` bytes, the rest of the slot) are
+        // disjoint parts of it. Any bit pattern is a valid `Meta` (plain
+        // integers) and a valid byte.
         unsafe {
             let meta = &mut *(slot as *mut Meta);
-            let area = &mut *(slot.add(META_SIZE) as *mut [u8; AREA_SIZE]);
+            let area =
+                std::slice::from_raw_parts_mut(slot.add(META_SIZE), self.slot_size - META_SIZE);
             Packet::new(meta, area)
         }
     }
@@ -270,9 +306,9 @@ impl BufferPool {
             // SAFETY: prefetch never faults and the address is in-range.
             unsafe {
                 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                let p = self.map.base.as_ptr().add(i as usize * SLOT_SIZE);
+                let p = self.map.base.as_ptr().add(i as usize * self.slot_size);
                 _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(p.add(META_SIZE + super::HEADROOM) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(p.add(META_SIZE + HEADROOM) as *const i8);
             }
         }
     }
@@ -431,6 +467,45 @@ mod tests {
         assert_eq!(pool.packet(&mut b).meta().rx_port, PortId(2));
         cache.free(a);
         cache.free(b);
+    }
+
+    #[test]
+    fn data_room_is_set_per_pool() {
+        let config = BufferPoolConfig {
+            buffers: 8,
+            hugepages: false,
+        };
+        let jumbo = BufferPool::with_data_size(&config, 9000).unwrap();
+        assert_eq!(jumbo.data_size(), 9024, "rounded up to a cache line");
+        assert_eq!(small_pool(2).data_size(), DATA_SIZE);
+        for bad in [0, DATA_SIZE_ALIGN - 1, MAX_DATA_SIZE + 1] {
+            assert!(matches!(
+                BufferPool::with_data_size(&config, bad),
+                Err(BufferPoolError::BadDataSize(n)) if n == bad
+            ));
+        }
+        // Every slot holds a whole jumbo frame, and neighbours do not
+        // overlap: fill each buffer to the end with its own byte.
+        let mut cache = jumbo.cache();
+        let mut held: Vec<_> = (0..8).map(|_| cache.alloc().unwrap()).collect();
+        for (tag, b) in held.iter_mut().enumerate() {
+            let mut p = jumbo.packet(b);
+            *p.meta_mut() = Meta::received(PortId(0), 9024);
+            assert_eq!((p.data_room(), p.tailroom()), (9024, 0));
+            assert!(!p.set_len(9025));
+            p.data_mut().fill(tag as u8);
+            assert!(p.prepend(HEADROOM));
+        }
+        for (tag, b) in held.iter_mut().enumerate() {
+            let p = jumbo.packet(b);
+            assert_eq!(p.len(), HEADROOM + 9024);
+            assert!(p.data()[HEADROOM..].iter().all(|&x| x == tag as u8));
+        }
+        for b in held {
+            cache.free(b);
+        }
+        drop(cache);
+        assert_eq!(jumbo.in_use(), 0);
     }
 
     #[test]

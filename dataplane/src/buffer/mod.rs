@@ -1,10 +1,15 @@
 //! Packet buffers: one contiguous arena of fixed-size slots, addressed by
 //! `u32` index, with a lock-free shared free list and per-worker caches.
 //!
-//! Each slot is `[Meta (64 B)][headroom (128 B)][data (2048 B)]`, so the
-//! metadata and the first bytes of the packet share a prefetch. The arena is
-//! backed by a memfd mapping, on hugepages when the kernel has them
-//! reserved, else on ordinary pages (with a warning).
+//! Each slot is `[Meta (64 B)][headroom (128 B)][data room]`, so the
+//! metadata and the first bytes of the packet share a prefetch. The data
+//! room is fixed per pool when it is created, as DPDK's mbuf pool
+//! `data_room_size`: [`DATA_SIZE`] (2 KiB) by default, up to
+//! [`MAX_DATA_SIZE`] for a pool that carries jumbo frames whole
+//! ([`BufferPool::with_data_size`]). A packet is always one buffer: ports
+//! drop (and count) a frame longer than the pool's data room, never
+//! truncate it. The arena is backed by a memfd mapping, on hugepages when
+//! the kernel has them reserved, else on ordinary pages (with a warning).
 //!
 //! Ownership of a buffer is carried by a [`BufferIndex`], a linear token: it
 //! is neither `Copy` nor `Clone`, so exactly one place holds a buffer at a
@@ -20,17 +25,22 @@ pub use frame::{Frame, FRAME_SIZE};
 
 use crate::port::PortId;
 
-/// Bytes of packet data a buffer holds after its headroom.
+/// Bytes of packet data a buffer of a default pool holds after its
+/// headroom (the dataplane's pool).
 pub const DATA_SIZE: usize = 2048;
+/// Largest data room a pool may have: a 9216-byte jumbo frame (the usual
+/// NIC maximum) with room to spare. `Meta`'s 16-bit offsets bound it too.
+pub const MAX_DATA_SIZE: usize = 16 * 1024;
+/// Data rooms are whole cache lines, so every slot stays 64-byte aligned.
+pub const DATA_SIZE_ALIGN: usize = 64;
 /// Bytes reserved before the packet so nodes can prepend headers
 /// (ICMP errors, encapsulation) without copying.
 pub const HEADROOM: usize = 128;
-/// Bytes from the start of the data area to its end.
-pub const AREA_SIZE: usize = HEADROOM + DATA_SIZE;
 /// Bytes of per-packet metadata at the start of each slot.
 pub const META_SIZE: usize = 64;
-/// Distance between two slots in the arena.
-pub const SLOT_SIZE: usize = META_SIZE + AREA_SIZE;
+
+const _: () = assert!(HEADROOM + MAX_DATA_SIZE <= u16::MAX as usize);
+const _: () = assert!((META_SIZE + HEADROOM).is_multiple_of(DATA_SIZE_ALIGN));
 
 /// Owning handle to one buffer of a [`BufferPool`].
 ///
@@ -113,14 +123,15 @@ impl Meta {
 ///
 /// Obtained from [`BufferPool::packet`] while holding the buffer's
 /// [`BufferIndex`]; every accessor is bounds-checked against the slot.
+/// `area` is the headroom and the pool's data room.
 #[derive(Debug)]
 pub struct Packet<'a> {
     meta: &'a mut Meta,
-    area: &'a mut [u8; AREA_SIZE],
+    area: &'a mut [u8],
 }
 
 impl<'a> Packet<'a> {
-    pub(crate) fn new(meta: &'a mut Meta, area: &'a mut [u8; AREA_SIZE]) -> Self {
+    pub(crate) fn new(meta: &'a mut Meta, area: &'a mut [u8]) -> Self {
         Packet { meta, area }
     }
 
@@ -164,10 +175,17 @@ impl<'a> Packet<'a> {
         usize::from(self.meta.data_off)
     }
 
+    /// The pool's data room: the longest packet this buffer holds at the
+    /// default offset ([`HEADROOM`]).
+    #[inline]
+    pub fn data_room(&self) -> usize {
+        self.area.len() - HEADROOM
+    }
+
     /// Bytes available after the packet.
     #[inline]
     pub fn tailroom(&self) -> usize {
-        AREA_SIZE - usize::from(self.meta.data_off) - usize::from(self.meta.len)
+        self.area.len() - usize::from(self.meta.data_off) - usize::from(self.meta.len)
     }
 
     /// Grows the packet at the front by `n` bytes (uninitialised contents:
@@ -198,18 +216,19 @@ impl<'a> Packet<'a> {
     /// Sets the packet length; returns false when it would not fit.
     #[inline]
     pub fn set_len(&mut self, len: usize) -> bool {
-        if usize::from(self.meta.data_off) + len > AREA_SIZE {
+        if usize::from(self.meta.data_off) + len > self.area.len() {
             return false;
         }
         self.meta.len = len as u16;
         true
     }
 
-    /// The whole data area (headroom included) with the packet's offset,
-    /// for nodes that move headers around inside the slot.
+    /// The whole data area (headroom and the pool's data room) with the
+    /// packet's offset, for nodes that move headers around inside the
+    /// slot and for drivers that gather a packet into it.
     #[inline]
-    pub fn area_mut(&mut self) -> (&mut [u8; AREA_SIZE], usize) {
+    pub fn area_mut(&mut self) -> (&mut [u8], usize) {
         let off = usize::from(self.meta.data_off);
-        (self.area, off)
+        (&mut *self.area, off)
     }
 }

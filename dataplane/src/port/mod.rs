@@ -83,6 +83,9 @@ pub struct QueueCounters {
     pub tx_bytes: AtomicU64,
     pub tx_errors: AtomicU64,
     pub rx_no_buffer: AtomicU64,
+    /// Frames dropped on receive because they are longer than a buffer of
+    /// the worker's pool (dropped whole, never truncated).
+    pub rx_too_long: AtomicU64,
 }
 
 /// Adds to a single-writer counter without a locked instruction.
@@ -131,6 +134,19 @@ pub trait Port: Send + Sync + fmt::Debug {
     fn open_queue(&self, worker: usize) -> Option<Box<dyn PortQueue>>;
     /// Counters summed over all queues.
     fn stats(&self) -> PortStats;
+    /// Frames dropped on receive for being longer than a buffer of the
+    /// pool, summed over all queues (0 for ports that cannot tell).
+    fn rx_too_long(&self) -> u64 {
+        0
+    }
+}
+
+/// Sums the queues' [`QueueCounters::rx_too_long`].
+pub fn sum_rx_too_long<'a>(queues: impl IntoIterator<Item = &'a QueueCounters>) -> u64 {
+    queues
+        .into_iter()
+        .map(|q| q.rx_too_long.load(Ordering::Relaxed))
+        .sum()
 }
 
 /// One queue pair of a port, owned by one worker.

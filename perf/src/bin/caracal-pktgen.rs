@@ -82,7 +82,8 @@ struct Common {
     /// Port to receive on (may equal --tx).
     #[arg(long)]
     rx: Option<PortSpec>,
-    /// Frame bytes without FCS, or "imix" (7×64, 4×576, 1×1500).
+    /// Frame bytes without FCS, up to 9216 (jumbo; the ports' MTUs must
+    /// allow it), or "imix" (7×64, 4×576, 1×1500).
     #[arg(long, default_value = "64")]
     size: String,
     #[arg(long)]

@@ -12,14 +12,19 @@
 //! | 8..12 | per-stream sequence number |
 //! | 12..20 | TX timestamp, `CLOCK_MONOTONIC` nanoseconds |
 //!
-//! The rest of the payload is zeros. A template is the frame's first
-//! `header_len + 20` bytes with run, sequence and timestamp zero and
-//! every checksum computed over the whole frame (its length included);
-//! stamping a packet copies that prefix, writes the three fields and
-//! folds their words into the L4 checksum (RFC 1624: the fields were
-//! zero, so the new sum is the old one plus the new words). The bytes
-//! after the prefix are never written: the generator's buffers come
-//! from a pool only it uses, zero-filled when mapped, so they stay zero.
+//! The rest of the payload is [`PAYLOAD_PATTERN`]: byte `i` of the frame
+//! is `i % 251`, so the sink can tell a payload that arrived whole and in
+//! order (a port that chains a jumbo frame over several buffers) from
+//! one cut, padded or reassembled out of order. A template is the
+//! frame's first `header_len + 20` bytes with run, sequence and
+//! timestamp zero and every checksum computed over the whole frame (its
+//! length and pattern included); stamping a packet copies that prefix,
+//! writes the three fields and folds their words into the L4 checksum
+//! (RFC 1624: the fields were zero, so the new sum is the old one plus
+//! the new words). The bytes after the prefix are never written per
+//! packet: the generator's tx buffers come from a pool only it uses,
+//! filled with the pattern once when the ports open
+//! ([`fill_payload`]), so they keep it.
 //!
 //! Checksums are always correct, IPv4/UDP included (it could send 0, but
 //! a correct one costs the same here).
@@ -38,8 +43,47 @@ use crate::rng::Rng;
 pub const MAGIC: u16 = 0xCA7A;
 /// Bytes of the header at the start of the payload.
 pub const PAYLOAD_HEADER_LEN: usize = 20;
-/// Largest frame: one packet buffer (no port here chains buffers).
-pub const MAX_FRAME: usize = caracal_dataplane::buffer::DATA_SIZE;
+/// Largest frame the generator builds: a 9216-byte jumbo frame (the usual
+/// NIC maximum; an MTU of 9000 makes 9014-byte frames). Each packet is one
+/// buffer of a pool sized for the largest frame of the run; ports set
+/// their own limits (memif chains ring buffers up to this, AF_PACKET
+/// follows the interface's MTU, AF_XDP takes one UMEM frame).
+pub const MAX_FRAME: usize = 9216;
+const _: () = assert!(MAX_FRAME <= caracal_dataplane::buffer::MAX_DATA_SIZE);
+/// The payload bytes of every frame, by offset from the frame's start
+/// (see the module doc); only the part past the prefix is used.
+pub static PAYLOAD_PATTERN: [u8; MAX_FRAME] = payload_pattern();
+
+const fn payload_pattern() -> [u8; MAX_FRAME] {
+    let mut p = [0u8; MAX_FRAME];
+    let mut i = 0;
+    while i < MAX_FRAME {
+        // 251 is prime: a block moved by any power-of-two distance no
+        // longer matches.
+        p[i] = (i % 251) as u8;
+        i += 1;
+    }
+    p
+}
+
+/// Writes the payload pattern into every buffer of `pool` (once, before
+/// the pool is used for transmission), so a stamped frame is complete.
+pub fn fill_payload(pool: &std::sync::Arc<caracal_dataplane::buffer::BufferPool>) {
+    use caracal_dataplane::buffer::Meta;
+    use caracal_dataplane::port::PortId;
+    let len = pool.data_size().min(MAX_FRAME);
+    let mut cache = pool.cache();
+    let mut held = Vec::with_capacity(pool.total() as usize);
+    while let Some(mut b) = cache.alloc() {
+        let mut p = pool.packet(&mut b);
+        *p.meta_mut() = Meta::received(PortId(0), len as u16);
+        p.data_mut().copy_from_slice(&PAYLOAD_PATTERN[..len]);
+        held.push(b);
+    }
+    for b in held {
+        cache.free(b);
+    }
+}
 /// The IMIX of RFC 6985 / "simple IMIX": 7×64, 4×576, 1×1500 bytes per
 /// 12 packets.
 pub const IMIX_SIZES: [u16; 3] = [64, 576, 1500];
@@ -202,9 +246,8 @@ pub enum BuildError {
         l4: L4,
     },
     #[error(
-        "frame size {size} is above {max} bytes: frames larger than one packet buffer \
-         ({MAX_FRAME} B) need a port with multi-buffer (jumbo) support, which memif and \
-         af_packet here do not have; the port's MTU may lower the limit further"
+        "frame size {size} is above {max} bytes, the largest frame the ports carry \
+         (the generator builds at most {MAX_FRAME})"
     )]
     TooLarge { size: u16, max: usize },
     #[error("{0}")]
@@ -393,7 +436,8 @@ impl Templates {
         for &size in &sizes {
             for (stream, t) in tuples.iter().enumerate() {
                 let f = &mut frame[..usize::from(size)];
-                f.fill(0);
+                f.copy_from_slice(&PAYLOAD_PATTERN[..f.len()]);
+                f[..prefix].fill(0);
                 write_frame(spec, t, stream as u32, f);
                 chunks
                     .next()
@@ -422,6 +466,11 @@ impl Templates {
         &self.sizes
     }
 
+    /// The longest frame, bytes.
+    pub fn max_size(&self) -> usize {
+        self.sizes.iter().copied().max().map_or(0, usize::from)
+    }
+
     pub fn pattern_len(&self) -> u32 {
         self.pattern.len() as u32
     }
@@ -441,7 +490,8 @@ impl Templates {
     }
 
     /// Writes the packet of flow `flow` at pattern position `pos` into
-    /// `out` (exactly `size_at(pos)` bytes, zero after the prefix):
+    /// `out` (exactly `size_at(pos)` bytes, [`PAYLOAD_PATTERN`] after the
+    /// prefix):
     /// copies the template, stamps the header, patches the checksum.
     #[inline]
     pub fn stamp(&self, pos: u32, flow: u32, h: &PayloadHeader, out: &mut [u8]) {
@@ -656,10 +706,11 @@ mod tests {
     #[test]
     fn stamped_frames_have_valid_checksums_for_every_protocol_and_size() {
         for mut spec in all_protocols() {
-            for size in [spec.min_frame() as u16, 128, 777, 1500, 2048] {
+            for size in [spec.min_frame() as u16, 128, 777, 1500, 2048, 9000, 9216] {
                 spec.sizes = FrameSizes::Fixed(size);
                 let t = Templates::build(&spec, MAX_FRAME).unwrap();
-                let mut buf = vec![0u8; usize::from(size)];
+                // A tx buffer: the pattern everywhere (fill_payload).
+                let mut buf = PAYLOAD_PATTERN[..usize::from(size)].to_vec();
                 // Seq and timestamps that exercise carries and the 0xffff case.
                 for (i, (seq, ts)) in [
                     (0u32, 0u64),
@@ -697,8 +748,10 @@ mod tests {
             Err(BuildError::TooSmall { min: 62, .. })
         ));
         spec.sizes = FrameSizes::Fixed(9000);
-        let err = Templates::build(&spec, 9014).unwrap_err();
-        assert!(err.to_string().contains("multi-buffer"), "{err}");
+        assert_eq!(Templates::build(&spec, MAX_FRAME).unwrap().max_size(), 9000);
+        spec.sizes = FrameSizes::Fixed(MAX_FRAME as u16 + 1);
+        let err = Templates::build(&spec, usize::MAX).unwrap_err();
+        assert!(err.to_string().contains("at most 9216"), "{err}");
         spec.sizes = FrameSizes::Fixed(1515);
         assert!(Templates::build(&spec, 1514).is_err(), "port MTU limit");
     }
@@ -726,10 +779,9 @@ mod tests {
         };
         let t = Templates::build(&v6, MAX_FRAME).unwrap();
         assert_eq!(t.sizes(), &[94, 576, 1500]);
-        let mut buf = vec![0u8; 1500];
+        let mut buf = PAYLOAD_PATTERN[..1500].to_vec();
         for pos in 0..12 {
             let n = usize::from(t.size_at(pos));
-            buf[..n].fill(0);
             t.stamp(
                 pos,
                 0,

@@ -14,10 +14,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use caracal_dataplane::buffer::{BufferCache, BufferPool, BufferPoolConfig, Frame, Meta};
+use caracal_dataplane::buffer::{
+    BufferCache, BufferPool, BufferPoolConfig, Frame, Meta, DATA_SIZE,
+};
 use caracal_dataplane::port::{Port, PortId, PortQueue};
 
-use super::builder::{PayloadHeader, Templates};
+use super::builder::{fill_payload, PayloadHeader, Templates, MAX_FRAME};
 use super::clock::now_ns;
 use super::rate::{Rate, RateLimiter};
 use super::report::{rates, Latency, Report, RxReport, TxReport};
@@ -97,13 +99,23 @@ impl Engine {
             Some(s) if !same_port => Some(s.open("pktgen-rx", mac)?),
             _ => None,
         };
-        let max_frame = tx
-            .iter()
-            .chain(rx.iter())
-            .map(|o| o.max_frame)
-            .min()
-            .unwrap_or(usize::MAX);
-        let templates = super::builder::Templates::build(&cfg.traffic, max_frame)?;
+        let templates = super::builder::Templates::build(&cfg.traffic, MAX_FRAME)?;
+        // Each port's own limit, named in the error (a veth's MTU, AF_XDP's
+        // single UMEM frame), before anything is sent.
+        let largest = templates.max_size();
+        for (what, spec, o) in [("tx", &cfg.tx, &tx), ("rx", &cfg.rx, &rx)] {
+            if let (Some(spec), Some(o)) = (spec, o) {
+                if largest > o.max_frame {
+                    return Err(PktgenError::FrameTooLarge {
+                        size: largest,
+                        what,
+                        port: spec.to_string(),
+                        max: o.max_frame,
+                        why: o.limit.clone(),
+                    });
+                }
+            }
+        }
         let deadline = Instant::now() + cfg.connect_timeout;
         for (what, o) in [("tx", &tx), ("rx", &rx)] {
             if let Some(o) = o {
@@ -124,20 +136,29 @@ impl Engine {
                 _opened: o,
             })
         };
+        // Buffers hold the run's largest frame whole (a default 2 KiB data
+        // room up to that): jumbo runs get jumbo buffers, others keep
+        // small ones. The rx side drops and counts longer frames.
+        let data_size = largest.max(DATA_SIZE);
         let pool = || {
-            BufferPool::new(&BufferPoolConfig {
-                buffers: cfg.buffers,
-                hugepages: cfg.hugepages,
-            })
+            BufferPool::with_data_size(
+                &BufferPoolConfig {
+                    buffers: cfg.buffers,
+                    hugepages: cfg.hugepages,
+                },
+                data_size,
+            )
         };
+        // Separate pools: the tx pool only ever holds generated frames, so
+        // the payload pattern written once stays (see builder).
+        let tx_pool = pool()?;
+        fill_payload(&tx_pool);
         Ok(Engine {
             templates,
             tx: tx.map(|o| endpoint(o, "tx")).transpose()?,
             rx: rx.map(|o| endpoint(o, "rx")).transpose()?,
             same_port,
-            // Separate pools: the tx pool only ever holds generated
-            // frames, so bytes past a template stay zero (see builder).
-            tx_pool: pool()?,
+            tx_pool,
             rx_pool: pool()?,
             cfg: cfg.clone(),
             run: (now_ns() as u16) | 1,
@@ -311,6 +332,7 @@ impl Engine {
                 duplicates: sink.seq.duplicates,
                 foreign: sink.foreign,
                 stale: sink.stale,
+                corrupt: sink.corrupt,
                 latency: Latency::of(&sink.latency),
             }
         });

@@ -31,9 +31,15 @@
 //!        --tx and --rx may name the same port (one thread then does both);
 //!        --rx alone is a pure sink, --tx alone a pure source.
 //! traffic
-//!   --size N | --size imix     frame bytes without FCS, 62..=2048 for
+//!   --size N | --size imix     frame bytes without FCS, 62..=9216 for
 //!                              IPv4/UDP (more header, higher minimum);
-//!                              imix = 7×64, 4×576, 1×1500 per 12
+//!                              imix = 7×64, 4×576, 1×1500 per 12.
+//!                              Jumbo frames: memif chains ring buffers
+//!                              (the peer must accept chains);
+//!                              af_packet needs the interface's MTU
+//!                              (`mtu 9000` for 9014-byte frames);
+//!                              af_xdp carries at most 2048 bytes
+//!                              (one UMEM frame, no multi-buffer)
 //!   --ipv6  --tcp              IPv4 and UDP by default
 //!   --flows N  --random-flows [--seed S]
 //!   --src IP[+COUNT] --dst IP[+COUNT] --sport P[+COUNT] --dport P[+COUNT]
@@ -159,6 +165,17 @@ pub enum PktgenError {
     Buffers(#[from] BufferPoolError),
     #[error("the {0} memif did not connect within {1:?}")]
     NotConnected(&'static str, Duration),
+    #[error(
+        "frame size {size} does not fit the {what} port {port}: it carries frames of at most \
+         {max} bytes ({why})"
+    )]
+    FrameTooLarge {
+        size: usize,
+        what: &'static str,
+        port: String,
+        max: usize,
+        why: String,
+    },
 }
 
 /// Opens the ports, runs once, closes them.

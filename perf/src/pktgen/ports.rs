@@ -10,13 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use caracal_dataplane::port::af_packet::{AfPacketConfig, AfPacketPort};
-use caracal_dataplane::port::af_xdp::{AfXdpConfig, AfXdpPort, XdpMode};
-use caracal_dataplane::port::memif::{
-    self, MemifConfig, MemifPort, Mode, Role, RxMode, SocketAddress,
-};
+use caracal_dataplane::port::af_xdp::{self, AfXdpConfig, AfXdpPort, XdpMode};
+use caracal_dataplane::port::memif::{MemifConfig, MemifPort, Mode, Role, RxMode, SocketAddress};
 use caracal_dataplane::port::Port;
 use caracal_wire::EthernetAddress;
 
+use super::builder::MAX_FRAME;
 use super::PktgenError;
 
 /// A memif interface of the generator's own.
@@ -29,7 +28,8 @@ pub struct MemifSpec {
     pub secret: Option<String>,
     /// Descriptors per ring (0: the driver's default).
     pub ring_size: u16,
-    /// Bytes per shared buffer a client creates (0: 2048).
+    /// Bytes per shared buffer a client creates (0: 2048); longer frames
+    /// take several, chained.
     pub buffer_size: u16,
     pub mode: Mode,
     /// Put a client's region on hugepages (DPDK servers accept them;
@@ -259,6 +259,8 @@ pub struct Opened {
     pub port: Arc<dyn Port>,
     /// Largest frame it carries, bytes (MTU plus Ethernet header).
     pub max_frame: usize,
+    /// What sets `max_frame`, for the error a larger `--size` gets.
+    pub limit: String,
     memif: Option<Arc<MemifPort>>,
 }
 
@@ -284,6 +286,14 @@ impl PortSpec {
     /// Creates the port; `peer_mac` is where its frames are addressed.
     pub fn open(&self, name: &str, peer_mac: EthernetAddress) -> Result<Opened, PktgenError> {
         let eth = caracal_wire::ethernet::HEADER_LEN;
+        let mtu_limit = |port: &dyn Port, iface: &str| {
+            let mtu = port.caps().mtu;
+            format!(
+                "{iface}'s MTU is {mtu} ({} B frames); raise it on both ends for jumbo frames, \
+                 e.g. `ip link set {iface} mtu 9000`",
+                usize::from(mtu) + eth
+            )
+        };
         match self {
             PortSpec::Memif(m) => {
                 let socket = SocketAddress::parse(&PathBuf::from(&m.socket))?;
@@ -300,11 +310,16 @@ impl PortSpec {
                     ring_size: m.ring_size,
                     buffer_size: m.buffer_size,
                     peer_mac,
-                    mtu: memif::MAX_MTU,
+                    // Frames longer than a ring buffer go as chains.
+                    mtu: (MAX_FRAME - eth) as u16,
                     hugepages: m.hugepages,
                 })?;
                 Ok(Opened {
-                    max_frame: usize::from(memif::MAX_MTU) + eth,
+                    max_frame: MAX_FRAME,
+                    limit: format!(
+                        "memif chains ring buffers up to the generator's largest frame, \
+                         {MAX_FRAME} B (the peer must take chained descriptors)"
+                    ),
                     port: port.clone(),
                     memif: Some(port),
                 })
@@ -316,6 +331,7 @@ impl PortSpec {
                 let port = AfPacketPort::create(&cfg)?;
                 Ok(Opened {
                     max_frame: usize::from(port.caps().mtu) + eth,
+                    limit: mtu_limit(&*port, &a.iface),
                     port,
                     memif: None,
                 })
@@ -330,12 +346,19 @@ impl PortSpec {
                 let port = AfXdpPort::create(&cfg)?;
                 Ok(Opened {
                     max_frame: usize::from(port.caps().mtu) + eth,
+                    limit: format!(
+                        "af_xdp carries a packet in one UMEM frame, at most {} B \
+                         (multi-buffer AF_XDP is not supported), within {}",
+                        usize::from(af_xdp::MAX_MTU) + eth,
+                        mtu_limit(&*port, &a.iface)
+                    ),
                     port,
                     memif: None,
                 })
             }
             PortSpec::Existing(p) => Ok(Opened {
                 max_frame: usize::from(p.caps().mtu) + eth,
+                limit: format!("the port's MTU is {}", p.caps().mtu),
                 port: p.clone(),
                 memif: None,
             }),

@@ -68,6 +68,9 @@ pub struct RxReport {
     pub foreign: u64,
     /// Frames of an earlier run.
     pub stale: u64,
+    /// Frames of this run whose length or payload differ from what was
+    /// sent (counted in `packets` too).
+    pub corrupt: u64,
     pub latency: Option<Latency>,
 }
 
@@ -179,13 +182,14 @@ impl fmt::Display for Report {
             )?;
             writeln!(
                 f,
-                "    lost {} ({:.4} %), reordered {}, duplicates {}, foreign {}, stale {}",
+                "    lost {} ({:.4} %), reordered {}, duplicates {}, foreign {}, stale {}, corrupt {}",
                 rx.lost,
                 rx.loss_ratio * 100.0,
                 rx.reordered,
                 rx.duplicates,
                 rx.foreign,
-                rx.stale
+                rx.stale,
+                rx.corrupt
             )?;
             if let Some(l) = &rx.latency {
                 writeln!(

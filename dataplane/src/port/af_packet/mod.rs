@@ -13,7 +13,8 @@
 //!   the interface sends. With more than one queue the rx sockets form a
 //!   `PACKET_FANOUT_HASH` group, so each flow lands on one queue.
 //! - **tx**: a `TPACKET_V2` ring of fixed frames with
-//!   `PACKET_QDISC_BYPASS`. A burst copies each packet into the next free
+//!   `PACKET_QDISC_BYPASS`, each large enough for the interface's MTU
+//!   (at least a default buffer, so a jumbo interface gets jumbo frames). A burst copies each packet into the next free
 //!   frame, marks it `TP_STATUS_SEND_REQUEST`, and ends with one
 //!   non-blocking `sendto` that makes the kernel send every marked frame.
 //!   When the ring is full the rest of the burst is dropped and counted
@@ -21,6 +22,11 @@
 //!   socket is bound with protocol 0 so it receives nothing, and
 //!   `PACKET_LOSS` makes the kernel skip (rather than stall on) a frame it
 //!   refuses.
+//!
+//! A received frame longer than a buffer of the worker's pool is dropped
+//! and counted (`rx_too_long`), never truncated: a jumbo interface needs
+//! a pool with a jumbo data room
+//! ([`crate::buffer::BufferPool::with_data_size`]).
 //!
 //! The sockets are opened in the interface's network namespace (on a
 //! short-lived thread that enters it, as tap does) and keep working from
@@ -38,7 +44,7 @@ use caracal_wire::EthernetAddress;
 
 use self::sys::{RingGeometry, RingMemory, TpacketVersion};
 use super::{bump, Port, PortCaps, PortId, PortKind, PortQueue, PortStats, QueueCounters};
-use crate::buffer::{BufferCache, Frame, Meta, DATA_SIZE};
+use crate::buffer::{BufferCache, Frame, Meta, DATA_SIZE, MAX_DATA_SIZE};
 
 /// Bytes per rx block (a power of two pages).
 pub const RX_BLOCK_SIZE: u32 = 256 << 10;
@@ -50,11 +56,17 @@ const TX_BLOCK_SIZE: u32 = 64 << 10;
 /// Where a tx frame's packet starts: `TPACKET2_HDRLEN - sizeof(sockaddr_ll)`
 /// (packet(7)), the aligned `tpacket2_hdr`.
 const TX_DATA_OFFSET: u32 = 32;
-/// One tx frame: the header and a full packet buffer, 16-byte aligned
-/// (`TPACKET_ALIGNMENT`).
-const TX_FRAME_SIZE: u32 = (TX_DATA_OFFSET + DATA_SIZE as u32).next_multiple_of(16);
-/// Largest IP MTU a frame of one buffer carries.
-pub const MAX_MTU: u16 = (DATA_SIZE - caracal_wire::ethernet::HEADER_LEN) as u16;
+/// Largest IP MTU the driver carries: the Ethernet frame of it fits the
+/// largest buffer a pool may have.
+pub const MAX_MTU: u16 = (MAX_DATA_SIZE - caracal_wire::ethernet::HEADER_LEN) as u16;
+
+/// One tx frame for an interface of `mtu`: the header and the longest
+/// frame we send (the MTU plus an Ethernet header, at least a default
+/// buffer), 16-byte aligned (`TPACKET_ALIGNMENT`).
+fn tx_frame_size(mtu: u16) -> u32 {
+    let frame = (usize::from(mtu) + caracal_wire::ethernet::HEADER_LEN).max(DATA_SIZE);
+    (TX_DATA_OFFSET + frame as u32).next_multiple_of(16)
+}
 /// Most queues (fanout group members).
 pub const MAX_QUEUES: u16 = 64;
 
@@ -119,7 +131,7 @@ impl AfPacketConfig {
         Ok(())
     }
 
-    fn rx_geometry(&self) -> RingGeometry {
+    fn rx_geometry(&self, frame_size: u32) -> RingGeometry {
         RingGeometry {
             block_size: RX_BLOCK_SIZE,
             blocks: if self.rx_blocks == 0 {
@@ -127,13 +139,15 @@ impl AfPacketConfig {
             } else {
                 self.rx_blocks
             },
-            // Only checked by the kernel for V3 (packets are packed).
-            frame_size: TX_FRAME_SIZE,
+            // Only checked by the kernel for V3 (packets are packed, up
+            // to a block each).
+            frame_size,
         }
     }
 
-    fn tx_geometry(&self) -> RingGeometry {
-        let per_block = TX_BLOCK_SIZE / TX_FRAME_SIZE;
+    /// The tx ring for frames of `frame_size` bytes ([`tx_frame_size`]).
+    fn tx_geometry(&self, frame_size: u32) -> RingGeometry {
+        let per_block = TX_BLOCK_SIZE / frame_size;
         let frames = if self.tx_frames == 0 {
             1024
         } else {
@@ -142,7 +156,7 @@ impl AfPacketConfig {
         RingGeometry {
             block_size: TX_BLOCK_SIZE,
             blocks: frames.div_ceil(per_block),
-            frame_size: TX_FRAME_SIZE,
+            frame_size,
         }
     }
 }
@@ -236,6 +250,15 @@ fn open_here(cfg: &AfPacketConfig) -> Result<Opened, AfPacketError> {
         }
     };
     let ifindex = sys::ifindex(&cfg.ifname).map_err(io("no such interface"))?;
+    // The MTU sizes the tx frames, so it is read before the rings exist.
+    let (mtu, mac) = {
+        let probe = sys::packet_socket(0).map_err(io("socket"))?;
+        (
+            sys::mtu(probe.as_fd(), &cfg.ifname).map_err(io("SIOCGIFMTU"))?,
+            sys::hw_addr(probe.as_fd(), &cfg.ifname).map_err(io("SIOCGIFHWADDR"))?,
+        )
+    };
+    let frame_size = tx_frame_size(u16::try_from(mtu).unwrap_or(u16::MAX).min(MAX_MTU));
     // Process-unique fanout group id (16 bits).
     let group = (std::process::id() as u16) ^ (ifindex as u16).rotate_left(8);
     let mut queues = Vec::with_capacity(usize::from(cfg.queues));
@@ -246,7 +269,7 @@ fn open_here(cfg: &AfPacketConfig) -> Result<Opened, AfPacketError> {
         let rx = rx_sock.as_fd();
         sys::set_version(rx, TpacketVersion::V3).map_err(io("PACKET_VERSION 3"))?;
         sys::set_ignore_outgoing(rx).map_err(io("PACKET_IGNORE_OUTGOING"))?;
-        let rx_geometry = cfg.rx_geometry();
+        let rx_geometry = cfg.rx_geometry(frame_size);
         sys::set_rx_ring_v3(rx, rx_geometry, RX_RETIRE_MS).map_err(io("PACKET_RX_RING"))?;
         let rx_mem = RingMemory::map(rx, rx_geometry.bytes()).map_err(io("mmap rx ring"))?;
         sys::bind(rx, ifindex, sys::ETH_P_ALL_BE).map_err(io("bind rx"))?;
@@ -259,7 +282,7 @@ fn open_here(cfg: &AfPacketConfig) -> Result<Opened, AfPacketError> {
         sys::set_version(tx, TpacketVersion::V2).map_err(io("PACKET_VERSION 2"))?;
         sys::set_qdisc_bypass(tx).map_err(io("PACKET_QDISC_BYPASS"))?;
         sys::set_loss(tx).map_err(io("PACKET_LOSS"))?;
-        let tx_geometry = cfg.tx_geometry();
+        let tx_geometry = cfg.tx_geometry(frame_size);
         sys::set_tx_ring_v2(tx, tx_geometry).map_err(io("PACKET_TX_RING"))?;
         let tx_mem = RingMemory::map(tx, tx_geometry.bytes()).map_err(io("mmap tx ring"))?;
         sys::bind(tx, ifindex, 0).map_err(io("bind tx"))?;
@@ -272,9 +295,6 @@ fn open_here(cfg: &AfPacketConfig) -> Result<Opened, AfPacketError> {
             tx_geometry,
         });
     }
-    let probe = queues[0].tx_sock.as_fd();
-    let mtu = sys::mtu(probe, &cfg.ifname).map_err(io("SIOCGIFMTU"))?;
-    let mac = sys::hw_addr(probe, &cfg.ifname).map_err(io("SIOCGIFHWADDR"))?;
     Ok(Opened { queues, mac, mtu })
 }
 
@@ -311,6 +331,7 @@ impl Port for AfPacketPort {
             tx: TxRing {
                 frames: sockets.tx_geometry.frames(),
                 per_block: sockets.tx_geometry.block_size / sockets.tx_geometry.frame_size,
+                frame_size: sockets.tx_geometry.frame_size as usize,
                 mem: sockets.tx_mem,
                 sock: sockets.tx_sock,
                 head: 0,
@@ -322,6 +343,10 @@ impl Port for AfPacketPort {
 
     fn stats(&self) -> PortStats {
         PortStats::sum(self.counters.iter().map(|c| &**c))
+    }
+
+    fn rx_too_long(&self) -> u64 {
+        super::sum_rx_too_long(self.counters.iter().map(|c| &**c))
     }
 }
 
@@ -353,6 +378,7 @@ struct RxStats {
     packets: u64,
     bytes: u64,
     no_buffer: u64,
+    too_long: u64,
 }
 
 impl RxRing {
@@ -375,6 +401,7 @@ impl RxRing {
         out: &mut Frame,
         stats: &mut RxStats,
     ) {
+        let room = cache.pool().data_size();
         while out.room() > 0 {
             let base = self.block_off();
             let mut cur = match self.current {
@@ -405,10 +432,10 @@ impl RxRing {
             let len = self.mem.read_u32(base + hdr + V3_LEN) as usize;
             let mac = usize::from(self.mem.read_u16(base + hdr + V3_MAC));
             let next = self.mem.read_u32(base + hdr + V3_NEXT) as usize;
-            if hdr + mac + snaplen <= self.block_size
-                && snaplen == len
-                && (1..=DATA_SIZE).contains(&len)
-            {
+            let whole = hdr + mac + snaplen <= self.block_size && snaplen == len && len > 0;
+            if whole && len > room {
+                stats.too_long += 1;
+            } else if whole {
                 let Some(mut b) = cache.alloc() else {
                     stats.no_buffer += 1;
                     self.current = Some(cur);
@@ -421,8 +448,8 @@ impl RxRing {
                 stats.packets += 1;
                 stats.bytes += len as u64;
             }
-            // Truncated or longer than a buffer: skipped (not counted as
-            // received).
+            // Truncated (by the kernel: not ours to count) or longer than
+            // a buffer (counted above): skipped, not received.
             cur.left -= 1;
             cur.at = hdr + next;
             if cur.left == 0 || next == 0 {
@@ -442,6 +469,8 @@ struct TxRing {
     sock: OwnedFd,
     frames: u32,
     per_block: u32,
+    /// Bytes per frame (header included).
+    frame_size: usize,
     /// The frame we fill next.
     head: u32,
     /// Longest frame the interface takes (MTU + Ethernet header).
@@ -451,7 +480,7 @@ struct TxRing {
 impl TxRing {
     fn frame_off(&self, i: u32) -> usize {
         (i / self.per_block) as usize * TX_BLOCK_SIZE as usize
-            + (i % self.per_block) as usize * TX_FRAME_SIZE as usize
+            + (i % self.per_block) as usize * self.frame_size
     }
 
     /// Puts one frame on the ring; false when the ring is full.
@@ -489,6 +518,7 @@ impl PortQueue for AfPacketQueue {
         bump(&c.rx_packets, stats.packets);
         bump(&c.rx_bytes, stats.bytes);
         bump(&c.rx_no_buffer, stats.no_buffer);
+        bump(&c.rx_too_long, stats.too_long);
         stats.packets as usize
     }
 
@@ -534,11 +564,15 @@ mod tests {
 
     #[test]
     fn tx_frames_fit_their_blocks() {
-        let g = AfPacketConfig::new("eth0").tx_geometry();
-        assert_eq!(g.frame_size % 16, 0);
-        assert!(g.frame_size >= TX_DATA_OFFSET + DATA_SIZE as u32);
-        assert!(g.frames() >= 1024);
-        assert_eq!(g.block_size % 4096, 0);
+        for (mtu, frame) in [(1500, DATA_SIZE), (9000, 9014), (MAX_MTU, MAX_DATA_SIZE)] {
+            let g = AfPacketConfig::new("eth0").tx_geometry(tx_frame_size(mtu));
+            assert_eq!(g.frame_size % 16, 0);
+            assert!(g.frame_size >= TX_DATA_OFFSET + frame as u32, "mtu {mtu}");
+            assert!(g.frames() >= 1024);
+            assert!(g.block_size / g.frame_size >= 1);
+            assert_eq!(g.block_size % 4096, 0);
+        }
+        assert_eq!(tx_frame_size(1500), TX_DATA_OFFSET + DATA_SIZE as u32);
     }
 
     #[test]

@@ -64,7 +64,10 @@ pub const DEFAULT_FRAME_SIZE: u32 = 2048;
 /// Where the kernel puts a received packet inside its frame
 /// (`XDP_PACKET_HEADROOM`, <linux/bpf.h>), with no UMEM headroom of ours.
 pub const XDP_PACKET_HEADROOM: u32 = 256;
-/// Largest IP MTU a frame of one buffer carries.
+/// Largest IP MTU a frame of one buffer carries. Frames are single UMEM
+/// frames (at most a page in aligned mode): multi-buffer AF_XDP
+/// (`XDP_USE_SG`, frames chained with `XDP_PKT_CONTD`) is not
+/// implemented, so jumbo frames do not cross an AF_XDP port.
 pub const MAX_MTU: u16 = (DATA_SIZE - caracal_wire::ethernet::HEADER_LEN) as u16;
 /// Most times one burst kicks the kernel (each sends a budget of packets).
 const MAX_KICKS: u32 = 64;
@@ -678,6 +681,10 @@ impl Port for AfXdpPort {
     fn stats(&self) -> PortStats {
         PortStats::sum([&*self.counters])
     }
+
+    fn rx_too_long(&self) -> u64 {
+        super::sum_rx_too_long([&*self.counters])
+    }
 }
 
 /// The queue of an AF_XDP port, owned by one worker.
@@ -770,10 +777,21 @@ impl PortQueue for AfXdpQueue {
     fn rx_burst(&mut self, port: PortId, cache: &mut BufferCache, out: &mut Frame) -> usize {
         let n = self.rx.peek(out.room() as u32);
         let (mut packets, mut bytes, mut no_buffer, mut bad) = (0u64, 0u64, 0u64, 0u64);
+        let mut too_long = 0u64;
+        let room = cache.pool().data_size();
         let mut taken = 0;
         while taken < n {
             let (addr, len, options) = self.rx.mem.read_desc(self.rx.cons.wrapping_add(taken));
             match self.layout.check_rx(addr, len, options) {
+                // Longer than a buffer of this worker's pool (a pool
+                // smaller than the default): dropped whole.
+                RxDesc::Packet { frame, len, .. }
+                    if self.in_kernel[frame as usize] && len > room =>
+                {
+                    too_long += 1;
+                    self.in_kernel[frame as usize] = false;
+                    self.rx_spare.push(frame);
+                }
                 RxDesc::Packet { frame, at, len } if self.in_kernel[frame as usize] => {
                     let Some(mut b) = cache.alloc() else {
                         // Left on the ring for the next burst.
@@ -810,6 +828,7 @@ impl PortQueue for AfXdpQueue {
         bump(&c.rx_packets, packets);
         bump(&c.rx_bytes, bytes);
         bump(&c.rx_no_buffer, no_buffer);
+        bump(&c.rx_too_long, too_long);
         bump(&self.xdp_counters.bad_descriptors, bad);
         bump(&self.xdp_counters.rx_wakeups, wakeups);
         packets as usize

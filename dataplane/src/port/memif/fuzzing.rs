@@ -8,7 +8,9 @@
 //! access outside a mapped region panics in [`SharedMemory`](super::sys),
 //! so "no crash" also means "no out-of-region read or write"; the drivers
 //! further check every received packet's length and that every buffer
-//! goes back to the pool.
+//! goes back to the pool. The ring driver receives into a default (2 KiB)
+//! or a jumbo pool and transmits frames up to the pool's data room, so
+//! descriptor chains are split and gathered, fit or overflow.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -23,6 +25,9 @@ use super::control::{ClientHandshake, ClientStep, ServerHandshake, ServerStep};
 use super::region::Region;
 use super::{rx, sys, tx, MemifConfig, Mode, Role, RxMode, Settings, SocketAddress};
 use crate::buffer::{BufferCache, BufferPool, BufferPoolConfig, Frame, Meta, DATA_SIZE};
+
+/// Data room of the jumbo pool.
+const JUMBO: usize = 9216;
 use crate::port::PortId;
 
 /// Bytes of the region the ring drivers lay rings and buffers in.
@@ -30,16 +35,24 @@ const REGION: usize = 128 << 10;
 /// Bursts run over each ring.
 const BURSTS: usize = 3;
 
+const POOL_CONFIG: BufferPoolConfig = BufferPoolConfig {
+    buffers: 1024,
+    hugepages: false,
+};
+
 thread_local! {
-    static POOL: Arc<BufferPool> = BufferPool::new(&BufferPoolConfig {
-        buffers: 1024,
-        hugepages: false,
-    })
-    .expect("a small buffer pool");
+    static POOL: Arc<BufferPool> = BufferPool::new(&POOL_CONFIG)
+        .expect("a small buffer pool");
+    static JUMBO_POOL: Arc<BufferPool> = BufferPool::with_data_size(&POOL_CONFIG, JUMBO)
+        .expect("a small jumbo buffer pool");
 }
 
 fn pool() -> Arc<BufferPool> {
     POOL.with(Arc::clone)
+}
+
+fn jumbo_pool() -> Arc<BufferPool> {
+    JUMBO_POOL.with(Arc::clone)
 }
 
 /// A sealed memory file of `len` bytes starting with `content`, as a
@@ -61,12 +74,25 @@ fn take_u16(data: &mut &[u8]) -> u16 {
     u16::from_le_bytes([take_u8(data), take_u8(data)])
 }
 
-/// Frames to transmit: assorted lengths up to a full buffer, IPv4 and
-/// IPv6 and ARP, so IP mode strips some and refuses others.
+/// Frames to transmit: assorted lengths up to a full buffer of the pool
+/// (several ring buffers, so they are chained), IPv4 and IPv6 and ARP, so
+/// IP mode strips some and refuses others.
 fn fill_tx(cache: &mut BufferCache, frame: &mut Frame, seed: u8) {
-    for i in 0..8usize {
+    let room = cache.pool().data_size();
+    for i in 0..10usize {
         let Some(mut b) = cache.alloc() else { return };
-        let len = [60, 64, 1514, DATA_SIZE, 14, 200, 0, 1000][i];
+        let len = [
+            60,
+            64,
+            1514,
+            DATA_SIZE,
+            14,
+            200,
+            0,
+            1000,
+            room,
+            room / 2 + 1,
+        ][i];
         let mut p = cache.pool().packet(&mut b);
         *p.meta_mut() = Meta::received(PortId(0), len as u16);
         let data = p.data_mut();
@@ -80,10 +106,9 @@ fn fill_tx(cache: &mut BufferCache, frame: &mut Frame, seed: u8) {
     }
 }
 
-/// Receives and transmits a few bursts over `conn`, checking what comes
-/// out and that no buffer is lost.
-fn exercise(conn: &Connection, seed: u8) {
-    let pool = pool();
+/// Receives and transmits a few bursts over `conn` with buffers of
+/// `pool`, checking what comes out and that no buffer is lost.
+fn exercise(conn: &Connection, seed: u8, pool: Arc<BufferPool>) {
     let before = pool.in_use();
     {
         let mut cache = pool.cache();
@@ -96,7 +121,7 @@ fn exercise(conn: &Connection, seed: u8) {
                 for mut b in out.drain() {
                     let p = pool.packet(&mut b);
                     assert!(
-                        !p.is_empty() && p.len() <= DATA_SIZE,
+                        !p.is_empty() && p.len() <= pool.data_size(),
                         "packet of {}",
                         p.len()
                     );
@@ -143,8 +168,9 @@ fn settings(role: Role, mode: Mode, queues: u16, log2: u8, secret: bool) -> Arc<
 }
 
 /// Arbitrary ring contents. Input: log2 ring size, a flags byte (role,
-/// mode), our two ring positions, a client buffer size, then the bytes of
-/// the region (ring header first, then descriptors and buffers).
+/// mode, jumbo pool), our two ring positions, a client buffer size, then
+/// the bytes of the region (ring header first, then descriptors and
+/// buffers).
 pub fn rings(data: &[u8]) {
     let mut d = data;
     let log2 = take_u8(&mut d) % 9;
@@ -196,7 +222,8 @@ pub fn rings(data: &[u8]) {
         peer_name: String::new(),
         peer_interface: String::new(),
     };
-    exercise(&conn, flags);
+    let pool = if flags & 4 == 0 { pool() } else { jumbo_pool() };
+    exercise(&conn, flags, pool);
 }
 
 /// What to attach to a control message.
@@ -265,7 +292,7 @@ pub fn control(data: &[u8]) {
             match h.on_message(msg, fd, 1) {
                 Ok(ServerStep::Reply(_)) => {}
                 Ok(ServerStep::Connected(conn, _)) => {
-                    exercise(&conn, kind);
+                    exercise(&conn, kind, pool());
                     server = None;
                 }
                 Err(_) => server = None,
@@ -275,7 +302,7 @@ pub fn control(data: &[u8]) {
             match h.on_message(msg, 1) {
                 Ok(ClientStep::Send(out)) => drop(out),
                 Ok(ClientStep::Connected(conn)) => {
-                    exercise(&conn, kind);
+                    exercise(&conn, kind, jumbo_pool());
                     client = None;
                 }
                 Err(_) => client = None,
@@ -422,6 +449,32 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         "ip-mode.bin",
         ring_region(2, 1, 0, &[(0, 0, 20, base + 0x45)]),
     ));
+    // Chains: nine 256-byte segments (2304 bytes, more than a default
+    // buffer) then a single packet, received into a default pool (the
+    // chain is dropped) and into a jumbo pool (it is gathered).
+    let mut chain: Vec<(u16, u16, u32, u32)> = (0..9)
+        .map(|i| (abi::DESC_FLAG_NEXT, 0, 256, base + 256 * i))
+        .collect();
+    chain[8].0 = 0;
+    chain.push((0, 0, 64, base + 2560));
+    seeds.push((
+        "memif_rings",
+        "server-long-chain.bin",
+        ring_region(0, 10, 0, &chain),
+    ));
+    seeds.push((
+        "memif_rings",
+        "server-long-chain-jumbo.bin",
+        ring_region(4, 10, 0, &chain),
+    ));
+    // A chain whose last published descriptor still says "more".
+    let mut open_chain = chain.clone();
+    open_chain[9].0 = abi::DESC_FLAG_NEXT;
+    seeds.push((
+        "memif_rings",
+        "server-unfinished-chain.bin",
+        ring_region(4, 10, 0, &open_chain),
+    ));
     seeds
 }
 
@@ -524,6 +577,77 @@ mod tests {
             fds.iter().all(|&fd| !is_open(fd)),
             "eventfds closed with the connection"
         );
+    }
+
+    /// Replays a rings seed by hand and returns what one rx burst did.
+    fn receive_seed(
+        name: &str,
+    ) -> (
+        Result<(), super::super::connection::PeerFault>,
+        rx::RxStats,
+        Vec<usize>,
+    ) {
+        let (_, _, data) = seeds().into_iter().find(|s| s.1 == name).unwrap();
+        let mut d = &data[..];
+        let log2 = take_u8(&mut d);
+        let flags = take_u8(&mut d);
+        d = &d[5..];
+        let region = memory_file(d, REGION);
+        let ring = Ring::new(region.memory().clone(), 0, log2).unwrap();
+        let tx_ring = Ring::new(region.memory().clone(), 0, log2).unwrap();
+        let memories = vec![region.memory().clone()];
+        let conn = Connection {
+            id: 1,
+            role: Role::Server,
+            mode: Mode::Ethernet,
+            regions: vec![region],
+            memories,
+            rx: vec![RxRing {
+                ring,
+                interrupt: Doorbell::new().unwrap(),
+                position: AtomicU16::new(0),
+                own: None,
+            }],
+            tx: vec![TxRing::new(tx_ring, Doorbell::new().unwrap(), 0, None)],
+            peer_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            gateway_mac: EthernetAddress([0xee; 6]),
+            peer_name: String::new(),
+            peer_interface: String::new(),
+        };
+        let pool = if flags & 4 == 0 { pool() } else { jumbo_pool() };
+        let mut cache = pool.cache();
+        let mut out = Frame::new();
+        let mut stats = rx::RxStats::default();
+        let result = rx::receive(&conn, 0, PortId(1), &mut cache, &mut out, &mut stats);
+        let lens = out
+            .drain()
+            .map(|mut b| {
+                let len = pool.packet(&mut b).len();
+                cache.free(b);
+                len
+            })
+            .collect();
+        (result, stats, lens)
+    }
+
+    #[test]
+    fn chains_are_gathered_when_they_fit_and_dropped_when_not() {
+        let (result, stats, lens) = receive_seed("server-long-chain-jumbo.bin");
+        assert!(result.is_ok());
+        assert_eq!((lens, stats.too_long), (vec![2304, 64], 0));
+        let (result, stats, lens) = receive_seed("server-long-chain.bin");
+        assert!(result.is_ok());
+        assert_eq!(
+            (lens, stats.too_long),
+            (vec![64], 1),
+            "dropped whole, not cut"
+        );
+        let (result, stats, lens) = receive_seed("server-unfinished-chain.bin");
+        assert!(matches!(
+            result,
+            Err(super::super::connection::PeerFault::UnfinishedChain { ring: 0 })
+        ));
+        assert_eq!((lens, stats.too_long), (vec![2304], 0));
     }
 
     proptest! {

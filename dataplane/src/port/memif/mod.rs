@@ -67,7 +67,7 @@ use self::control::{Control, Listener};
 use self::rx::RxStats;
 use self::tx::TxStats;
 use super::{bump, Port, PortCaps, PortId, PortKind, PortQueue, PortStats, QueueCounters};
-use crate::buffer::{BufferCache, Frame, DATA_SIZE};
+use crate::buffer::{BufferCache, Frame, DATA_SIZE, MAX_DATA_SIZE};
 
 /// Descriptors per ring a client creates unless told otherwise (as VPP,
 /// libmemif and DPDK).
@@ -80,8 +80,15 @@ pub const DEFAULT_BUFFER_SIZE: u16 = 2048;
 pub const MIN_BUFFER_SIZE: u16 = 128;
 /// Most queue pairs (ring indices are announced as `u16`, DPDK takes 256).
 pub const MAX_QUEUES: u16 = 256;
-/// Largest IP MTU: an Ethernet frame of it fits one packet buffer.
+/// Largest IP MTU whose Ethernet frame fits a buffer of a default pool
+/// ([`DATA_SIZE`]): what the dataplane's memif interfaces carry.
 pub const MAX_MTU: u16 = (DATA_SIZE - caracal_wire::ethernet::HEADER_LEN) as u16;
+/// Largest IP MTU the driver accepts: a frame longer than a ring buffer
+/// travels as a chain of descriptors, and a receiver needs a pool whose
+/// data room holds it ([`crate::buffer::BufferPool::with_data_size`];
+/// longer frames are dropped and counted in [`MemifStatus::rx_bad_length`]
+/// and the queues' `rx_too_long`).
+pub const MAX_JUMBO_MTU: u16 = (MAX_DATA_SIZE - caracal_wire::ethernet::HEADER_LEN) as u16;
 
 /// Which end of the control socket we are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -297,8 +304,8 @@ impl MemifConfig {
                 None => return bad(format!("the secret is longer than {SECRET_SIZE} bytes")),
             },
         };
-        if self.mtu < 68 || self.mtu > MAX_MTU {
-            return bad(format!("mtu {}: must be 68 to {MAX_MTU}", self.mtu));
+        if self.mtu < 68 || self.mtu > MAX_JUMBO_MTU {
+            return bad(format!("mtu {}: must be 68 to {MAX_JUMBO_MTU}", self.mtu));
         }
         Ok(Settings {
             name: self.name.clone(),
@@ -353,8 +360,9 @@ pub struct MemifStatus {
     pub disconnects: u64,
     /// Connections closed because the peer broke the protocol.
     pub peer_faults: u64,
-    /// Received packets dropped: empty, longer than a buffer, or not IP in
-    /// IP mode.
+    /// Received packets dropped: empty, longer than a buffer of the pool
+    /// (those also count in the queues' `rx_too_long`), or not IP in IP
+    /// mode.
     pub rx_bad_length: u64,
     /// Why the last connection (or attempt) ended.
     pub last_disconnect: String,
@@ -673,6 +681,10 @@ impl Port for MemifPort {
     fn stats(&self) -> PortStats {
         PortStats::sum(self.shared.queues.iter().map(|q| &*q.counters))
     }
+
+    fn rx_too_long(&self) -> u64 {
+        super::sum_rx_too_long(self.shared.queues.iter().map(|q| &*q.counters))
+    }
 }
 
 /// One queue pair of a memif port, owned by one worker.
@@ -742,6 +754,7 @@ impl PortQueue for MemifQueue {
         self.receive(port, cache, out, &mut stats);
         if stats.packets == 0
             && stats.bad_length == 0
+            && stats.too_long == 0
             && self.shared.settings.rx_mode == RxMode::Interrupt
         {
             // About to look idle: clear the eventfds first, then look
@@ -755,7 +768,11 @@ impl PortQueue for MemifQueue {
         bump(&c.rx_packets, stats.packets);
         bump(&c.rx_bytes, stats.bytes);
         bump(&c.rx_no_buffer, u64::from(stats.no_buffer));
-        bump(&self.queue().rx_bad_length, stats.bad_length);
+        bump(&c.rx_too_long, stats.too_long);
+        bump(
+            &self.queue().rx_bad_length,
+            stats.bad_length + stats.too_long,
+        );
         stats.packets as usize
     }
 

@@ -9,9 +9,14 @@
 //! wrote is checked, and the consumed slots are handed back as empty
 //! buffers by advancing `head`.
 //!
-//! Every packet is copied into one of our buffers (chained descriptors
-//! are joined); a burst touches the ring's indices once and makes no
-//! system call. In IP mode the peer's frames carry no Ethernet header, so
+//! Every packet is copied into one of our buffers: a chain of descriptors
+//! ([`super::abi::DESC_FLAG_NEXT`], how memif carries a packet longer
+//! than one ring buffer) is gathered into one buffer of the pool when it
+//! fits its data room, and otherwise dropped whole and counted
+//! (`too_long`), never truncated. A chain must end within what the peer
+//! published (at most a ring), and every descriptor of it is validated
+//! like a single one. A burst touches the ring's indices once and makes
+//! no system call. In IP mode the peer's frames carry no Ethernet header, so
 //! one is written in front (gateway MAC as destination, the peer's as
 //! source), as the graph starts at `ethernet-input`.
 
@@ -21,7 +26,7 @@ use super::abi::{Descriptor, Ring};
 use super::connection::{Connection, Direction, OwnBuffers, PeerFault};
 use super::sys::SharedMemory;
 use super::{Mode, Role};
-use crate::buffer::{BufferCache, Frame, Meta, Packet, DATA_SIZE};
+use crate::buffer::{BufferCache, Frame, Meta, Packet};
 use crate::port::PortId;
 
 /// What one burst did, counted once per burst by the queue.
@@ -32,8 +37,19 @@ pub struct RxStats {
     pub bytes: u64,
     /// The buffer pool ran dry before the ring did.
     pub no_buffer: bool,
-    /// Packets dropped: empty, longer than a buffer, or (IP mode) not IP.
+    /// Packets dropped: empty, or (IP mode) not IP.
     pub bad_length: u64,
+    /// Packets dropped because they are longer than a buffer of the pool.
+    pub too_long: u64,
+}
+
+/// Why a packet taken off the ring is not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// Empty, or not IP in IP mode.
+    BadLength,
+    /// Longer than our buffer's data room.
+    TooLong,
 }
 
 /// Receives from queue `queue`'s ring into `out` until the ring or `out`
@@ -196,16 +212,19 @@ fn take<'m>(
             copy_packet(ring, queue, &mut next, end, framing, &mut packet, &resolve)
         };
         match outcome {
-            Ok(Some(len)) => {
+            Ok(len) => {
                 out.push(buffer);
                 stats.packets += 1;
                 stats.bytes += len as u64;
             }
-            Ok(None) => {
+            Err(NotDelivered::Refused(why)) => {
                 cache.free(buffer);
-                stats.bad_length += 1;
+                match why {
+                    Refused::BadLength => stats.bad_length += 1,
+                    Refused::TooLong => stats.too_long += 1,
+                }
             }
-            Err(fault) => {
+            Err(NotDelivered::Fault(fault)) => {
                 cache.free(buffer);
                 return Err(fault);
             }
@@ -214,11 +233,24 @@ fn take<'m>(
     Ok(next)
 }
 
+/// Why [`copy_packet`] delivered nothing.
+#[derive(Debug)]
+enum NotDelivered {
+    /// The packet is dropped, its slots consumed all the same.
+    Refused(Refused),
+    /// The peer broke the protocol: the connection is closed.
+    Fault(PeerFault),
+}
+
+impl From<PeerFault> for NotDelivered {
+    fn from(f: PeerFault) -> Self {
+        NotDelivered::Fault(f)
+    }
+}
+
 /// Copies the descriptors of one packet, starting at `*next`, into
 /// `packet` and advances `*next` past them; returns the bytes the peer
-/// sent (without a header we add). `Ok(None)`: the packet cannot
-/// be delivered (empty, too long, not IP in IP mode) and is dropped, its
-/// slots consumed all the same.
+/// sent (without a header we add).
 #[inline]
 fn copy_packet<'m>(
     ring: &Ring,
@@ -228,9 +260,9 @@ fn copy_packet<'m>(
     framing: Framing,
     packet: &mut Packet<'_>,
     resolve: &impl Fn(u16, &Descriptor) -> Resolved<'m>,
-) -> Result<Option<usize>, PeerFault> {
+) -> Result<usize, NotDelivered> {
     let prefix = framing.prefix();
-    let room = DATA_SIZE - prefix;
+    let room = packet.data_room() - prefix;
     let (area, off) = packet.area_mut();
     let data = &mut area[off + prefix..off + prefix + room];
     let mut len = 0usize;
@@ -240,7 +272,7 @@ fn copy_packet<'m>(
         // `end - start` is at most the ring size, so this also bounds the
         // chain's length.
         if *next == end {
-            return Err(PeerFault::UnfinishedChain { ring: queue });
+            return Err(PeerFault::UnfinishedChain { ring: queue }.into());
         }
         let slot = *next;
         let desc = ring.desc(slot);
@@ -270,14 +302,17 @@ fn copy_packet<'m>(
             break;
         }
     }
-    if !fits || len == 0 {
-        return Ok(None);
+    if !fits {
+        return Err(NotDelivered::Refused(Refused::TooLong));
+    }
+    if len == 0 {
+        return Err(NotDelivered::Refused(Refused::BadLength));
     }
     if let Some((gateway, peer)) = framing.ip {
         let ethertype = match data[0] >> 4 {
             4 => EtherType::IPV4,
             6 => EtherType::IPV6,
-            _ => return Ok(None),
+            _ => return Err(NotDelivered::Refused(Refused::BadLength)),
         };
         let mut eth = EthernetFrame::new_unchecked(&mut area[off..off + prefix]);
         eth.set_dst_addr(gateway);
@@ -285,5 +320,5 @@ fn copy_packet<'m>(
         eth.set_ethertype(ethertype);
     }
     packet.set_len(prefix + len);
-    Ok(Some(len))
+    Ok(len)
 }

@@ -70,6 +70,18 @@ fn pool() -> Arc<BufferPool> {
     .unwrap()
 }
 
+/// A pool whose buffers hold a 9216-byte jumbo frame.
+fn jumbo_pool() -> Arc<BufferPool> {
+    BufferPool::with_data_size(
+        &BufferPoolConfig {
+            buffers: 1024,
+            hugepages: false,
+        },
+        9216,
+    )
+    .unwrap()
+}
+
 /// An Ethernet/IPv4 frame of `len` bytes whose bytes depend on `tag`.
 fn frame(len: usize, tag: u8) -> Vec<u8> {
     let mut f: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7) ^ tag).collect();
@@ -249,6 +261,60 @@ fn packets_longer_than_a_buffer_are_chained_and_joined() {
     assert_eq!(recv(&mut *cq, &mut cache, frames.len()), frames);
     drop((sq, cq, cache));
     assert_eq!(pool.in_use(), 0);
+}
+
+#[test]
+fn jumbo_frames_cross_as_chains_into_a_jumbo_pool() {
+    // 2 KiB ring buffers (the default): a 9000-byte frame takes five
+    // descriptors each way, and is gathered into one 9216-byte buffer.
+    let (server, client) = pair(|s, c| {
+        s.mtu = 9000;
+        c.mtu = 9000;
+    });
+    let pool = jumbo_pool();
+    let mut cache = pool.cache();
+    let mut sq = server.open_queue(0).unwrap();
+    let mut cq = client.open_queue(0).unwrap();
+    let frames: Vec<_> = [9014, 60, 2048, 2049, 4096, 9216, 9000]
+        .iter()
+        .map(|&n| frame(n, n as u8))
+        .collect();
+    for _ in 0..3 {
+        send(&mut *cq, &mut cache, &frames);
+        assert_eq!(recv(&mut *sq, &mut cache, frames.len()), frames);
+        send(&mut *sq, &mut cache, &frames);
+        assert_eq!(recv(&mut *cq, &mut cache, frames.len()), frames);
+    }
+    assert_eq!(server.rx_too_long() + client.rx_too_long(), 0);
+    assert_eq!(server.stats().tx_errors + client.stats().tx_errors, 0);
+    drop((sq, cq, cache));
+    assert_eq!(pool.in_use(), 0);
+}
+
+#[test]
+fn a_chain_longer_than_our_buffer_is_dropped_whole_and_counted() {
+    let (server, client) = pair(|_, _| {});
+    let (jumbo, small) = (jumbo_pool(), pool());
+    let (mut big, mut cache) = (jumbo.cache(), small.cache());
+    let mut sq = server.open_queue(0).unwrap();
+    let mut cq = client.open_queue(0).unwrap();
+    // The client sends from a jumbo pool; the server receives into 2 KiB
+    // buffers: the 3000-byte chain is skipped, the frames around it come.
+    let frames = [frame(100, 1), frame(3000, 2), frame(2048, 3)];
+    send(&mut *cq, &mut big, &frames);
+    let got = recv(&mut *sq, &mut cache, 2);
+    assert_eq!(got, [frames[0].clone(), frames[2].clone()]);
+    assert_eq!(server.rx_too_long(), 1);
+    let status = server.status();
+    assert_eq!(
+        (status.rx_bad_length, status.peer_faults),
+        (1, 0),
+        "{status:?}"
+    );
+    assert!(server.is_connected(), "an honest jumbo frame is no fault");
+    assert_eq!(server.stats().rx_packets, 2);
+    drop((sq, cq, big, cache));
+    assert_eq!(jumbo.in_use() + small.in_use(), 0);
 }
 
 #[test]
@@ -531,6 +597,44 @@ fn a_chain_past_the_published_head_is_a_fault() {
 }
 
 #[test]
+fn a_bad_descriptor_inside_a_chain_is_a_fault() {
+    server_catches(|conn| {
+        let ring = &conn.tx[0].ring;
+        let mut first = ring.desc(0);
+        first.flags = abi::DESC_FLAG_NEXT;
+        first.length = 100;
+        ring.set_desc(0, first);
+        ring.set_desc(
+            1,
+            abi::Descriptor {
+                flags: 0,
+                region: 0,
+                length: 64,
+                offset: conn.regions[0].size() as u32 - 10,
+                metadata: 0,
+            },
+        );
+        ring.set_head(2);
+    });
+}
+
+#[test]
+fn a_chain_running_into_unpublished_slots_is_a_fault() {
+    // Every published descriptor says "more follows": the chain would
+    // run past the head (and could only end a ring later).
+    server_catches(|conn| {
+        let ring = &conn.tx[0].ring;
+        for slot in 0..8 {
+            let mut d = ring.desc(slot);
+            d.flags = abi::DESC_FLAG_NEXT;
+            d.length = 64;
+            ring.set_desc(slot, d);
+        }
+        ring.set_head(8);
+    });
+}
+
+#[test]
 fn a_client_catches_a_server_overrunning_its_buffers() {
     let (server, client) = pair(|_, _| {});
     let pool = pool();
@@ -598,7 +702,8 @@ fn configs_are_validated() {
     assert!(bad(|c| c.ring_size = 1));
     assert!(bad(|c| c.buffer_size = 64));
     assert!(bad(|c| c.secret = Some("x".repeat(25))));
-    assert!(bad(|c| c.mtu = MAX_MTU + 1));
+    assert!(bad(|c| c.mtu = MAX_JUMBO_MTU + 1));
+    assert!(!bad(|c| c.mtu = 9000), "jumbo frames travel as chains");
     assert!(bad(|c| {
         c.queues = 256;
         c.ring_size = MAX_RING_SIZE;

@@ -317,6 +317,10 @@ impl Port for TapPort {
     fn stats(&self) -> PortStats {
         PortStats::sum(self.counters.iter().map(|c| &**c))
     }
+
+    fn rx_too_long(&self) -> u64 {
+        super::sum_rx_too_long(self.counters.iter().map(|c| &**c))
+    }
 }
 
 /// One queue of a tap, owned by one worker.
@@ -335,7 +339,8 @@ impl PortQueue for TapQueue {
     /// Reads frames until the tap has none left or `out` is full, each
     /// straight into the data area of a fresh buffer.
     fn rx_burst(&mut self, port: PortId, cache: &mut BufferCache, out: &mut Frame) -> usize {
-        let (mut packets, mut bytes, mut no_buffer) = (0u64, 0u64, 0u64);
+        let (mut packets, mut bytes, mut no_buffer, mut too_long) = (0u64, 0u64, 0u64, 0u64);
+        let room = cache.pool().data_size();
         while !out.is_full() {
             let Some(mut buffer) = cache.alloc() else {
                 // Counts bursts cut short, not frames: the frames waiting in
@@ -345,18 +350,18 @@ impl PortQueue for TapQueue {
             };
             let read = {
                 let mut packet = cache.pool().packet(&mut buffer);
-                *packet.meta_mut() = Meta::received(port, DATA_SIZE as u16);
+                *packet.meta_mut() = Meta::received(port, room as u16);
                 let read = (&self.file).read_vectored(&mut [
                     IoSliceMut::new(packet.data_mut()),
                     IoSliceMut::new(&mut self.overflow),
                 ]);
                 if let Ok(len) = read {
-                    packet.set_len(len.min(DATA_SIZE));
+                    packet.set_len(len.min(room));
                 }
                 read
             };
             match read {
-                Ok(len @ 1..=DATA_SIZE) => {
+                Ok(len @ 1..) if len <= room => {
                     out.push(buffer);
                     packets += 1;
                     bytes += len as u64;
@@ -365,7 +370,10 @@ impl PortQueue for TapQueue {
                 // discards the rest of the frame. Only a frame above the
                 // MTU can be that long (the MTU is capped to fit), so it is
                 // dropped whole rather than passed on cut.
-                Ok(len) if len > DATA_SIZE => cache.free(buffer),
+                Ok(len) if len > room => {
+                    too_long += 1;
+                    cache.free(buffer);
+                }
                 // WouldBlock: the tap is empty. Anything else (the device
                 // going away) ends the burst too; the next poll retries.
                 Ok(_) | Err(_) => {
@@ -377,6 +385,7 @@ impl PortQueue for TapQueue {
         bump(&self.counters.rx_packets, packets);
         bump(&self.counters.rx_bytes, bytes);
         bump(&self.counters.rx_no_buffer, no_buffer);
+        bump(&self.counters.rx_too_long, too_long);
         packets as usize
     }
 
