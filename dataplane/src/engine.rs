@@ -38,6 +38,7 @@ use crate::model::{
     CountersSnapshot, FlowEntry, InterfaceInfo, InterfaceKindSpec, InterfaceSpec, IpCidr, PathSpec,
     RouteOrigin, RouteSpec, RuntimeSnapshot, WorkerStats,
 };
+use crate::policy::log::{self as policy_log, LogEntry, PolicyLog};
 use crate::policy::spec::{PolicyBatch, PolicyStateSpec};
 use crate::policy::{ApplyError, PolicyDb};
 use crate::port::memif::{MemifConfig, MemifPort, SocketAddress};
@@ -185,7 +186,8 @@ impl RouteKey {
     }
 }
 
-/// The flow table's sweeper: a thread and the means to stop it.
+/// The flow table's sweeper and the policy log's reader: a thread and the
+/// means to stop it.
 #[derive(Debug)]
 struct Housekeeper {
     stop: Arc<(Mutex<bool>, Condvar)>,
@@ -193,7 +195,7 @@ struct Housekeeper {
 }
 
 impl Housekeeper {
-    fn start(flows: Arc<FlowTable>, clock: Instant) -> std::io::Result<Self> {
+    fn start(flows: Arc<FlowTable>, log: Arc<PolicyLog>, clock: Instant) -> std::io::Result<Self> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let s = stop.clone();
         let thread = std::thread::Builder::new()
@@ -201,14 +203,20 @@ impl Housekeeper {
             .spawn(move || {
                 let (lock, cv) = &*s;
                 let mut stopped = lock.lock().expect("housekeeper flag poisoned");
+                let mut next_sweep = Instant::now() + SWEEP_PERIOD;
                 loop {
                     let (g, _) = cv
-                        .wait_timeout(stopped, SWEEP_PERIOD)
+                        .wait_timeout(stopped, policy_log::DRAIN_PERIOD)
                         .expect("housekeeper flag poisoned");
                     stopped = g;
                     if *stopped {
                         return;
                     }
+                    log.drain(clock.elapsed().as_nanos() as u64);
+                    if Instant::now() < next_sweep {
+                        continue;
+                    }
+                    next_sweep += SWEEP_PERIOD;
                     let r = flows.sweep(clock.elapsed().as_nanos() as u64);
                     if r.expired + r.evicted > 0 {
                         tracing::debug!(
@@ -249,6 +257,8 @@ pub struct Engine {
     /// The time origin of the workers and the flow table.
     clock: Instant,
     housekeeper: Mutex<Housekeeper>,
+    /// Records of LOG rule matches, from the workers.
+    policy_log: Arc<PolicyLog>,
     /// What [`Engine::runtime`] subtracts: the counters at the last clear.
     runtime_base: Mutex<RuntimeSnapshot>,
 }
@@ -275,6 +285,7 @@ impl Engine {
         // Calibrate the cycle counter now rather than in the first API call.
         let tsc_hz = crate::worker::cycles_per_second();
         tracing::debug!(tsc_hz, "cycle counter calibrated");
+        let policy_log = Arc::new(PolicyLog::default());
         let mut workers = Vec::with_capacity(config.workers.len());
         for (id, core) in config.workers.iter().enumerate() {
             let handle = flows.register()?;
@@ -285,6 +296,7 @@ impl Engine {
                 pool.clone(),
                 tables.clone(),
                 handle,
+                policy_log.clone(),
                 clock,
             );
             match spawned {
@@ -298,7 +310,7 @@ impl Engine {
                 }
             }
         }
-        let housekeeper = match Housekeeper::start(flows.clone(), clock) {
+        let housekeeper = match Housekeeper::start(flows.clone(), policy_log.clone(), clock) {
             Ok(h) => h,
             Err(e) => {
                 for w in &mut workers {
@@ -338,6 +350,7 @@ impl Engine {
             timeouts,
             clock,
             housekeeper: Mutex::new(housekeeper),
+            policy_log,
             runtime_base: Mutex::new(RuntimeSnapshot::default()),
         }))
     }
@@ -633,6 +646,13 @@ impl Engine {
     }
 
     /// The flow table's flows (at most `limit`, 0 for all).
+    /// The newest `limit` records of LOG rule matches (all kept if 0),
+    /// oldest first, and how many were lost to a full queue.
+    pub fn policy_log(&self, limit: usize) -> (Vec<LogEntry>, u64) {
+        let now = self.clock.elapsed().as_nanos() as u64;
+        (self.policy_log.recent(now, limit), self.policy_log.lost())
+    }
+
     pub fn flows(&self, limit: usize) -> Vec<FlowEntry> {
         let now = self.clock.elapsed().as_nanos() as u64;
         let mut infos = Vec::new();

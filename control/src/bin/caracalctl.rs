@@ -2,7 +2,7 @@
 //! its API socket.
 //!
 //! ```text
-//! caracalctl [--socket PATH] show interfaces|routes|counters|flows|runtime [--json]
+//! caracalctl [--socket PATH] show interfaces|routes|counters|flows|policy-log|runtime [--json]
 //! caracalctl show policy NAMESPACE/POD [--json]
 //! caracalctl clear runtime
 //! caracalctl interface add tap NAME --netns PATH [--ifname IFNAME]
@@ -109,6 +109,8 @@ enum ShowWhat {
     },
     /// The flow table, with each flow's verdict and deciding rule.
     Flows,
+    /// The newest packets LOG rules matched (first packets of flows).
+    PolicyLog,
     /// Per worker and node: calls, packets, cycles per packet (VPP's
     /// `show runtime`).
     Runtime,
@@ -460,6 +462,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         to_json(&view)?,
                         policy::flows_table(&view.flows).to_string(),
                     )
+                }
+                ShowWhat::PolicyLog => {
+                    let list = dp
+                        .policy
+                        .list_policy_log(pb::ListPolicyLogRequest { limit: 0 })
+                        .await;
+                    let view = policy::PolicyLogView::from(rpc(list)?);
+                    (to_json(&view)?, policy::policy_log_text(&view))
                 }
             };
             emit(if show.json { &json } else { &table })

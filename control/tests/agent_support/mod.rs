@@ -430,6 +430,13 @@ impl Policy for Service {
     ) -> Result<Response<pb::ListFlowsResponse>, Status> {
         Ok(Response::new(pb::ListFlowsResponse::default()))
     }
+
+    async fn list_policy_log(
+        &self,
+        _: Request<pb::ListPolicyLogRequest>,
+    ) -> Result<Response<pb::ListPolicyLogResponse>, Status> {
+        Ok(Response::new(pb::ListPolicyLogResponse::default()))
+    }
 }
 
 /// A fake dataplane serving on a unix socket until stopped.

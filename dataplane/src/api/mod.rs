@@ -385,6 +385,12 @@ mod tests {
             .unwrap()
             .into_inner();
         assert!(flows.flows.is_empty());
+        let log = policy
+            .list_policy_log(pb::ListPolicyLogRequest { limit: 10 })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((log.records.len(), log.lost), (0, 0));
 
         // Turning fail-closed off changes the interface in place: same
         // port, attachment kept.

@@ -14,6 +14,7 @@ use tonic::Status;
 
 use super::convert::{invalid, object_name};
 use crate::model::FlowEntry;
+use crate::policy::log::LogEntry;
 use crate::policy::spec::{
     proto, DefaultAction, EndAction, EndpointPolicySpec, IcmpSpec, IpSetDelta, IpSetSpec,
     IpVersion, PolicyBatch, PolicySpec, PolicyStateSpec, RuleSpec, SideSpec, TierSpec,
@@ -465,6 +466,23 @@ pub fn flow_to_proto(f: FlowEntry) -> pb::Flow {
         bytes_reply: f.bytes[1],
         idle_ms: f.idle_ms,
         expires_ms: f.expires_ms,
+    }
+}
+
+/// A `ListPolicyLog` record.
+pub fn log_to_proto(e: &LogEntry) -> pb::PolicyLogRecord {
+    let r = &e.record;
+    pb::PolicyLogRecord {
+        unix_ms: e
+            .time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        interface: r.interface.as_deref().unwrap_or("").to_owned(),
+        direction: if r.ingress { "ingress" } else { "egress" }.into(),
+        rule: r.rule.to_string(),
+        protocol: u32::from(r.proto),
+        src: std::net::SocketAddr::new(r.src, r.sport).to_string(),
+        dst: std::net::SocketAddr::new(r.dst, r.dport).to_string(),
     }
 }
 

@@ -310,4 +310,18 @@ impl Policy for DataplaneApi {
             flows: flows.into_iter().map(policy::flow_to_proto).collect(),
         }))
     }
+
+    async fn list_policy_log(
+        &self,
+        request: Request<pb::ListPolicyLogRequest>,
+    ) -> Result<Response<pb::ListPolicyLogResponse>, Status> {
+        let limit = request.into_inner().limit as usize;
+        let (records, lost) = self
+            .engine("ListPolicyLog", move |e| Ok(e.policy_log(limit)))
+            .await?;
+        Ok(Response::new(pb::ListPolicyLogResponse {
+            records: records.iter().map(policy::log_to_proto).collect(),
+            lost,
+        }))
+    }
 }

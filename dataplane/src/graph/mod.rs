@@ -23,8 +23,11 @@
 mod drop;
 pub mod nodes;
 
+use std::sync::Arc;
+
 use crate::buffer::{BufferCache, BufferPool, Frame, Packet};
 use crate::flow::FlowHandle;
+use crate::policy::log::PolicyLog;
 use crate::port::PortId;
 use crate::tables::Tables;
 use crate::worker::cycles;
@@ -240,6 +243,16 @@ impl Graph {
     /// Packets policy LOG rules matched so far.
     pub fn policy_logged(&self) -> u64 {
         self.nodes.flows.logged
+    }
+
+    /// Sends the records of LOG rule matches to `log` (the engine's).
+    pub fn set_policy_log(&mut self, log: Arc<PolicyLog>) {
+        self.nodes.flows.set_log(log);
+    }
+
+    /// Where the records of LOG rule matches go.
+    pub fn policy_log(&self) -> &Arc<PolicyLog> {
+        self.nodes.flows.log()
     }
 
     /// The frame received packets go into (ethernet-input's).

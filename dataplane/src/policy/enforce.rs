@@ -124,6 +124,15 @@ impl DirectionRules {
     pub fn log_name(&self, rule: RuleName) -> &str {
         self.log_names.get(&rule).map_or("?", |s| s)
     }
+
+    /// The identifier of a LOG rule, shared (no allocation: for the
+    /// packet path's log records).
+    pub fn log_name_shared(&self, rule: RuleName) -> Arc<str> {
+        self.log_names
+            .get(&rule)
+            .cloned()
+            .unwrap_or_else(|| Arc::from("?"))
+    }
 }
 
 impl fmt::Debug for DirectionRules {

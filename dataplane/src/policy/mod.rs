@@ -101,6 +101,7 @@ mod enforce;
 mod family;
 #[cfg(test)]
 mod interpret;
+pub mod log;
 mod rule;
 mod ruleset;
 pub mod spec;

@@ -31,6 +31,7 @@ use crate::buffer::{BufferCache, BufferPool, Frame};
 use crate::config::WorkerMode;
 use crate::flow::FlowHandle;
 use crate::graph::{Context, DropReason, Graph, NodeId};
+use crate::policy::log::PolicyLog;
 use crate::port::{Port, PortId, PortQueue};
 use crate::tables::Tables;
 
@@ -108,6 +109,7 @@ impl WorkerHandle {
         pool: Arc<BufferPool>,
         tables: Arc<ArcSwap<Tables>>,
         flows: FlowHandle,
+        log: Arc<PolicyLog>,
         clock: Instant,
     ) -> std::io::Result<Self> {
         let shared = Arc::new(WorkerShared {
@@ -129,7 +131,7 @@ impl WorkerHandle {
                         tracing::warn!(worker = id, core, "could not pin worker to its core");
                     }
                 }
-                let mut w = Worker::new(s, mode, pool, tables, epoll, flows, clock);
+                let mut w = Worker::new(s, mode, pool, tables, epoll, flows, log, clock);
                 w.run();
             })?;
         Ok(WorkerHandle {
@@ -184,6 +186,7 @@ struct Worker {
 }
 
 impl Worker {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         shared: Arc<WorkerShared>,
         mode: WorkerMode,
@@ -191,9 +194,12 @@ impl Worker {
         tables: Arc<ArcSwap<Tables>>,
         epoll: Epoll,
         flows: FlowHandle,
+        log: Arc<PolicyLog>,
         clock: Instant,
     ) -> Self {
         let cache = pool.cache();
+        let mut graph = Graph::with_flows(flows);
+        graph.set_policy_log(log);
         Worker {
             shared,
             mode,
@@ -204,7 +210,7 @@ impl Worker {
             epoll,
             queues: Vec::new(),
             always_poll: Vec::new(),
-            graph: Graph::with_flows(flows),
+            graph,
             dirty: Vec::with_capacity(crate::buffer::FRAME_SIZE),
             start: clock,
             stats: LoopStats::default(),

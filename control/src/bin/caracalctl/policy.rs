@@ -299,6 +299,86 @@ pub fn policy_text(v: &PolicyView) -> String {
     out
 }
 
+// ------------------------------------------------------------ policy log
+
+/// `show policy-log --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyLogView {
+    pub records: Vec<PolicyLogRecordView>,
+    /// Records the dataplane's workers could not queue.
+    pub lost: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyLogRecordView {
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    pub interface: String,
+    pub direction: String,
+    pub rule: String,
+    pub protocol: String,
+    pub src: String,
+    pub dst: String,
+}
+
+impl From<pb::ListPolicyLogResponse> for PolicyLogView {
+    fn from(r: pb::ListPolicyLogResponse) -> Self {
+        PolicyLogView {
+            records: r
+                .records
+                .into_iter()
+                .map(|l| PolicyLogRecordView {
+                    unix_ms: l.unix_ms,
+                    interface: l.interface,
+                    direction: l.direction,
+                    rule: l.rule,
+                    protocol: protocol_name(l.protocol),
+                    src: l.src,
+                    dst: l.dst,
+                })
+                .collect(),
+            lost: r.lost,
+        }
+    }
+}
+
+/// The log as a table (UTC times of day), and the lost count if any.
+pub fn policy_log_text(view: &PolicyLogView) -> String {
+    let mut t = Table::new(&[
+        ("Time (UTC)", Align::Left),
+        ("Interface", Align::Left),
+        ("Dir", Align::Left),
+        ("Rule", Align::Left),
+        ("Proto", Align::Left),
+        ("Source", Align::Left),
+        ("Destination", Align::Left),
+    ]);
+    for r in &view.records {
+        let ms = r.unix_ms % 86_400_000;
+        let time = format!(
+            "{:02}:{:02}:{:02}.{:03}",
+            ms / 3_600_000,
+            ms / 60_000 % 60,
+            ms / 1000 % 60,
+            ms % 1000
+        );
+        t.row(vec![
+            time.into(),
+            r.interface.as_str().into(),
+            r.direction.as_str().into(),
+            r.rule.as_str().into(),
+            r.protocol.as_str().into(),
+            r.src.as_str().into(),
+            r.dst.as_str().into(),
+        ]);
+    }
+    let mut out = t.to_string();
+    if view.lost > 0 {
+        out += &format!("{} records lost (the queue was full)\n", view.lost);
+    }
+    out
+}
+
 // ----------------------------------------------------------------- flows
 
 /// `show flows --json`.
@@ -513,6 +593,38 @@ mod tests {
         assert_eq!(view.protocol, "!icmp ipv6 not type 8");
         assert_eq!(view.destination, ["not set x", "not port 22"]);
         assert!(view.source.is_empty());
+    }
+
+    #[test]
+    fn policy_log_shows_time_rule_and_lost_records() {
+        let view = PolicyLogView::from(pb::ListPolicyLogResponse {
+            records: vec![pb::PolicyLogRecord {
+                // 2026-11-26 13:04:05.678 UTC
+                unix_ms: 1_795_698_245_678,
+                interface: "x/a".into(),
+                direction: "ingress".into(),
+                rule: "knp.x.log/ingress/0".into(),
+                protocol: 17,
+                src: "10.65.0.1:4000".into(),
+                dst: "10.65.0.2:53".into(),
+            }],
+            lost: 3,
+        });
+        assert_eq!(view.records[0].protocol, "udp");
+        let text = policy_log_text(&view);
+        for want in [
+            "13:04:05.678",
+            "x/a",
+            "ingress",
+            "knp.x.log/ingress/0",
+            "10.65.0.2:53",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from\n{text}");
+        }
+        assert!(
+            text.ends_with("3 records lost (the queue was full)\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -24,6 +24,8 @@
 //! Not policed: packets the gateway originates (ICMP errors from the
 //! graph), and ICMP errors whose quoted packet belongs to an allowed flow.
 
+use std::sync::Arc;
+
 use caracal_wire::{icmpv4, icmpv6, IpProtocol, Ipv4Packet, Ipv6Packet, TcpFlags};
 
 use super::L2_LEN;
@@ -33,7 +35,8 @@ use crate::flow::{
     Tracked, Verdict, Zone,
 };
 use crate::graph::{scatter, Context, DropReason, GraphCounters, Next, NodeId};
-use crate::policy::{Decision, DirectionRules, Family, Hit, PacketKey, DEFAULT_RULE};
+use crate::policy::log::{LogRecord, PolicyLog};
+use crate::policy::{Decision, DirectionRules, Family, Hit, PacketKey, RuleName, DEFAULT_RULE};
 use crate::port::PortId;
 use crate::tables::{PolicyMode, Tables};
 
@@ -365,7 +368,10 @@ pub struct FlowNodes {
     s4: Scratch<u32>,
     s6: Scratch<u128>,
     log_limit: LogLimit,
-    /// Packets LOG rules matched (including lines not written).
+    /// Where the records of LOG rule matches go (the engine's, shared by
+    /// its workers).
+    log: Arc<PolicyLog>,
+    /// Packets LOG rules matched (including records not written).
     pub logged: u64,
 }
 
@@ -383,8 +389,19 @@ impl FlowNodes {
             s4: Scratch::default(),
             s6: Scratch::default(),
             log_limit: LogLimit::default(),
+            log: Arc::default(),
             logged: 0,
         }
+    }
+
+    /// Sends LOG records to `log` (the engine's) from now on.
+    pub fn set_log(&mut self, log: Arc<PolicyLog>) {
+        self.log = log;
+    }
+
+    /// Where LOG records go.
+    pub fn log(&self) -> &Arc<PolicyLog> {
+        &self.log
     }
 
     /// A private table, for graphs that run without an engine (tests,
@@ -553,11 +570,11 @@ impl FlowNodes {
                             (j.port, j.ingress, j.packet)
                         })
                         .expect("a job per enforced direction");
-                    let (logged, limit) = (&mut self.logged, &mut self.log_limit);
+                    let (logged, limit, log) = (&mut self.logged, &mut self.log_limit, &self.log);
                     rules.resolve(&key, self.first[j], |rule| {
                         *logged += 1;
                         if limit.allow(cx.now_ns) {
-                            log_packet(tables, port, ingress, rules.log_name(rule), &key);
+                            log.push(log_record(tables, port, ingress, rules, rule, &key, cx));
                         }
                     })
                 };
@@ -702,26 +719,28 @@ fn related_allowed(handle: &FlowHandle, tables: &Tables, quoted: &FlowKey, meta:
         .is_some_and(|v| v.allowed && current(&v, tables.generation, req))
 }
 
-fn log_packet<A: Family>(
+/// The record of a packet a LOG rule matched: names shared with the
+/// snapshot, nothing allocated.
+fn log_record<A: Family>(
     tables: &Tables,
     port: PortId,
     ingress: bool,
-    rule: &str,
+    rules: &DirectionRules,
+    rule: RuleName,
     key: &PacketKey<A>,
-) {
-    let name = tables.port(port).map(|e| e.name.clone());
-    tracing::info!(
-        target: "caracal::policy",
-        interface = name.as_deref().unwrap_or("?"),
-        direction = if ingress { "ingress" } else { "egress" },
-        rule,
-        proto = key.proto,
-        src = %key.src.to_ip(),
-        sport = key.sport,
-        dst = %key.dst.to_ip(),
-        dport = key.dport,
-        "policy log"
-    );
+    cx: &Context<'_>,
+) -> LogRecord {
+    LogRecord {
+        at_ns: cx.now_ns,
+        interface: tables.port(port).map(|e| e.name.clone()),
+        ingress,
+        rule: rules.log_name_shared(rule),
+        proto: key.proto,
+        src: key.src.to_ip(),
+        sport: key.sport,
+        dst: key.dst.to_ip(),
+        dport: key.dport,
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Whole-graph tests: frames pushed through the real nodes with in-memory
 //! ports, asserting on what comes out and on the drop counters.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use caracal_wire::icmpv4::{self, Icmpv4Packet};
@@ -973,6 +973,34 @@ mod policy {
         );
         assert_eq!(l.pass(0, vec![udp(MAC_A, A4, B4, (1, 2))]), 1);
         assert_eq!(l.lab.graph.policy_logged(), 2, "first packets only");
+        // The records went to the policy log's queue, not to a log line
+        // written by the worker; the control side reads them.
+        let records = l.lab.graph.policy_log().recent(u64::MAX, 0);
+        let got: Vec<_> = records
+            .iter()
+            .map(|e| {
+                let r = &e.record;
+                (
+                    r.interface.as_deref().unwrap().to_owned(),
+                    r.ingress,
+                    r.rule.to_string(),
+                    r.proto,
+                    (r.src, r.sport),
+                    (r.dst, r.dport),
+                )
+            })
+            .collect();
+        let flow = |dport| {
+            (
+                "b".to_owned(),
+                true,
+                "log-udp".to_owned(),
+                17,
+                (IpAddr::V4(A4), 1),
+                (IpAddr::V4(B4), dport),
+            )
+        };
+        assert_eq!(got, [flow(2), flow(3)]);
     }
 }
 
