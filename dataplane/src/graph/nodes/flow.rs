@@ -24,6 +24,7 @@
 //! Not policed: packets the gateway originates (ICMP errors from the
 //! graph), and ICMP errors whose quoted packet belongs to an allowed flow.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use caracal_wire::{icmpv4, icmpv6, IpProtocol, Ipv4Packet, Ipv6Packet, TcpFlags};
@@ -44,7 +45,7 @@ use crate::tables::{PolicyMode, Tables};
 /// [`Verdict::generation`]).
 const VERDICT_GENERATION_MASK: u64 = (1 << 30) - 1;
 
-/// Policy LOG lines one worker writes per second at most.
+/// Policy LOG records one worker queues per second at most.
 const LOG_RATE: u32 = 100;
 /// How many packets ahead the flow node prefetches while parsing.
 const PREFETCH_AHEAD: usize = 4;
@@ -55,6 +56,12 @@ pub(crate) trait Af {
     const FLOW: NodeId;
     const POLICY: NodeId;
     const REWRITE: NodeId;
+    /// The family's ICMP: protocol number and echo types.
+    const ICMP: IpProtocol;
+    const ECHO_REQUEST: u8;
+    const ECHO_REPLY: u8;
+    /// Whether an ICMP type is an error (which quotes a packet).
+    fn icmp_error(t: u8) -> bool;
     /// Reads the packet's flow (`data` is a validated frame of the family).
     fn parse(data: &[u8], tables: &Tables) -> Parsed<Self::Addr>;
     /// The flow of the packet an ICMP error ([`Class::Related`]) quotes.
@@ -114,38 +121,73 @@ fn l4_ports(proto: IpProtocol, l4: &[u8]) -> ((u16, u16), TcpFlags) {
     (ports, flags)
 }
 
-/// The flow key of a quoted IPv4 packet (an ICMP error's payload).
+/// The family-independent part of [`Af::parse`]: for ICMP the type and
+/// code (the classifier's ports), the echo identifier (the flow's ports)
+/// and whether it is an error; otherwise the transport ports and TCP
+/// flags. `key` makes the flow key from the flow's two ports.
+#[inline(always)]
+fn transport<F: Af>(
+    proto: IpProtocol,
+    l4: &[u8],
+    class: &mut Class,
+    key: impl FnOnce(u16, u16) -> FlowKey,
+) -> ((u16, u16), TcpFlags, FlowKey) {
+    if proto == F::ICMP && l4.len() >= 2 {
+        let (t, code) = (l4[0], l4[1]);
+        if F::icmp_error(t) && *class == Class::Normal {
+            *class = Class::Related;
+        }
+        let id = echo_id(l4, F::ECHO_REQUEST, F::ECHO_REPLY).unwrap_or(0);
+        (
+            (u16::from(t), u16::from(code)),
+            TcpFlags::EMPTY,
+            key(id, id),
+        )
+    } else {
+        let (ports, flags) = l4_ports(proto, l4);
+        (ports, flags, key(ports.0, ports.1))
+    }
+}
+
+/// The flow key of a quoted packet (an ICMP error's payload) from its
+/// transport header `l4`: an echo's, or the ports' (`key`).
+fn quoted_key<F: Af>(
+    proto: IpProtocol,
+    l4: &[u8],
+    (src, dst): (IpAddr, IpAddr),
+    key: impl FnOnce(u16, u16) -> FlowKey,
+) -> Option<FlowKey> {
+    if proto == F::ICMP {
+        let id = echo_id(l4, F::ECHO_REQUEST, F::ECHO_REPLY)?;
+        return FlowKey::icmp_echo(Zone::default(), src, dst, id);
+    }
+    let ((sp, dp), _) = l4_ports(proto, l4);
+    Some(key(sp, dp))
+}
+
+/// The flow key of a quoted IPv4 packet.
 fn quoted4(q: &[u8]) -> Option<FlowKey> {
     if q.len() < 20 || q[0] >> 4 != 4 {
         return None;
     }
     let ip = Ipv4Packet::new_unchecked(q);
-    let hl = ip.header_len();
-    let l4 = q.get(hl..)?;
-    let proto = ip.protocol();
-    let (src, dst) = (ip.src_addr(), ip.dst_addr());
-    if proto == IpProtocol::ICMP {
-        let id = echo_id(l4, icmpv4::ECHO_REQUEST, icmpv4::ECHO_REPLY)?;
-        return FlowKey::icmp_echo(Zone::default(), src.into(), dst.into(), id);
-    }
-    let ((sp, dp), _) = l4_ports(proto, l4);
-    Some(FlowKey::v4(Zone::default(), proto, (src, sp), (dst, dp)))
+    let l4 = q.get(ip.header_len()..)?;
+    let (proto, src, dst) = (ip.protocol(), ip.src_addr(), ip.dst_addr());
+    quoted_key::<V4>(proto, l4, (src.into(), dst.into()), |sp, dp| {
+        FlowKey::v4(Zone::default(), proto, (src, sp), (dst, dp))
+    })
 }
 
+/// The flow key of a quoted IPv6 packet.
 fn quoted6(q: &[u8]) -> Option<FlowKey> {
     if q.len() < 40 || q[0] >> 4 != 6 {
         return None;
     }
     let ip = Ipv6Packet::new_unchecked(q);
-    let l4 = &q[40..];
-    let proto = ip.next_header();
-    let (src, dst) = (ip.src_addr(), ip.dst_addr());
-    if proto == IpProtocol::ICMPV6 {
-        let id = echo_id(l4, icmpv6::ECHO_REQUEST, icmpv6::ECHO_REPLY)?;
-        return FlowKey::icmp_echo(Zone::default(), src.into(), dst.into(), id);
-    }
-    let ((sp, dp), _) = l4_ports(proto, l4);
-    Some(FlowKey::v6(Zone::default(), proto, (src, sp), (dst, dp)))
+    let (proto, src, dst) = (ip.next_header(), ip.src_addr(), ip.dst_addr());
+    quoted_key::<V6>(proto, &q[40..], (src.into(), dst.into()), |sp, dp| {
+        FlowKey::v6(Zone::default(), proto, (src, sp), (dst, dp))
+    })
 }
 
 /// The identifier of an echo request or reply.
@@ -164,6 +206,13 @@ impl Af for V4 {
     const FLOW: NodeId = NodeId::Ip4Flow;
     const POLICY: NodeId = NodeId::Ip4Policy;
     const REWRITE: NodeId = NodeId::Ip4Rewrite;
+    const ICMP: IpProtocol = IpProtocol::ICMP;
+    const ECHO_REQUEST: u8 = icmpv4::ECHO_REQUEST;
+    const ECHO_REPLY: u8 = icmpv4::ECHO_REPLY;
+
+    fn icmp_error(t: u8) -> bool {
+        icmpv4::is_error(t)
+    }
 
     fn scratch(n: &mut FlowNodes) -> &mut Scratch<u32> {
         &mut n.s4
@@ -190,20 +239,9 @@ impl Af for V4 {
         } else {
             Class::Normal
         };
-        let ((sp, dp), tcp_flags, key) = if proto == IpProtocol::ICMP && l4.len() >= 2 {
-            let (t, code) = (l4[0], l4[1]);
-            let id = echo_id(l4, icmpv4::ECHO_REQUEST, icmpv4::ECHO_REPLY);
-            if icmpv4::is_error(t) && class == Class::Normal {
-                class = Class::Related;
-            }
-            let id = id.unwrap_or(0);
-            let key = FlowKey::v4(Zone::default(), proto, (src, id), (dst, id));
-            ((u16::from(t), u16::from(code)), TcpFlags::EMPTY, key)
-        } else {
-            let (ports, flags) = l4_ports(proto, l4);
-            let key = FlowKey::v4(Zone::default(), proto, (src, ports.0), (dst, ports.1));
-            (ports, flags, key)
-        };
+        let ((sp, dp), tcp_flags, key) = transport::<Self>(proto, l4, &mut class, |sp, dp| {
+            FlowKey::v4(Zone::default(), proto, (src, sp), (dst, dp))
+        });
         Parsed {
             key,
             pkey: PacketKey::new(src.into(), dst.into(), proto.0, sp, dp),
@@ -219,6 +257,13 @@ impl Af for V6 {
     const FLOW: NodeId = NodeId::Ip6Flow;
     const POLICY: NodeId = NodeId::Ip6Policy;
     const REWRITE: NodeId = NodeId::Ip6Rewrite;
+    const ICMP: IpProtocol = IpProtocol::ICMPV6;
+    const ECHO_REQUEST: u8 = icmpv6::ECHO_REQUEST;
+    const ECHO_REPLY: u8 = icmpv6::ECHO_REPLY;
+
+    fn icmp_error(t: u8) -> bool {
+        icmpv6::is_error(t)
+    }
 
     fn scratch(n: &mut FlowNodes) -> &mut Scratch<u128> {
         &mut n.s6
@@ -240,20 +285,9 @@ impl Af for V6 {
         } else {
             Class::Normal
         };
-        let ((sp, dp), tcp_flags, key) = if proto == IpProtocol::ICMPV6 && l4.len() >= 2 {
-            let (t, code) = (l4[0], l4[1]);
-            let id = echo_id(l4, icmpv6::ECHO_REQUEST, icmpv6::ECHO_REPLY);
-            if icmpv6::is_error(t) && class == Class::Normal {
-                class = Class::Related;
-            }
-            let id = id.unwrap_or(0);
-            let key = FlowKey::v6(Zone::default(), proto, (src, id), (dst, id));
-            ((u16::from(t), u16::from(code)), TcpFlags::EMPTY, key)
-        } else {
-            let (ports, flags) = l4_ports(proto, l4);
-            let key = FlowKey::v6(Zone::default(), proto, (src, ports.0), (dst, ports.1));
-            (ports, flags, key)
-        };
+        let ((sp, dp), tcp_flags, key) = transport::<Self>(proto, l4, &mut class, |sp, dp| {
+            FlowKey::v6(Zone::default(), proto, (src, sp), (dst, dp))
+        });
         Parsed {
             key,
             pkey: PacketKey::new(src.into(), dst.into(), proto.0, sp, dp),
