@@ -287,46 +287,24 @@ struct Check {
     family: Family,
 }
 
-const TCP80: Check = Check {
-    proto: Proto::Tcp,
-    port: 80,
-    family: Family::V4,
-};
-const TCP81: Check = Check {
-    proto: Proto::Tcp,
-    port: 81,
-    family: Family::V4,
-};
-const UDP80: Check = Check {
-    proto: Proto::Udp,
-    port: 80,
-    family: Family::V4,
-};
-const UDP81: Check = Check {
-    proto: Proto::Udp,
-    port: 81,
-    family: Family::V4,
-};
-const SCTP80: Check = Check {
-    proto: Proto::Sctp,
-    port: 80,
-    family: Family::V4,
-};
-const SCTP81: Check = Check {
-    proto: Proto::Sctp,
-    port: 81,
-    family: Family::V4,
-};
-const SCTP80_V6: Check = Check {
-    proto: Proto::Sctp,
-    port: 80,
-    family: Family::V6,
-};
-const TCP80_V6: Check = Check {
-    proto: Proto::Tcp,
-    port: 80,
-    family: Family::V6,
-};
+impl Check {
+    const fn new(proto: Proto, port: u16, family: Family) -> Check {
+        Check {
+            proto,
+            port,
+            family,
+        }
+    }
+}
+
+const TCP80: Check = Check::new(Proto::Tcp, 80, Family::V4);
+const TCP81: Check = Check::new(Proto::Tcp, 81, Family::V4);
+const UDP80: Check = Check::new(Proto::Udp, 80, Family::V4);
+const UDP81: Check = Check::new(Proto::Udp, 81, Family::V4);
+const SCTP80: Check = Check::new(Proto::Sctp, 80, Family::V4);
+const SCTP81: Check = Check::new(Proto::Sctp, 81, Family::V4);
+const TCP80_V6: Check = Check::new(Proto::Tcp, 80, Family::V6);
+const SCTP80_V6: Check = Check::new(Proto::Sctp, 80, Family::V6);
 
 type Truth = fn(&Pod, &Pod) -> bool;
 
