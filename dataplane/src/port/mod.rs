@@ -10,6 +10,8 @@ pub mod af_packet;
 pub mod af_xdp;
 pub mod loopback;
 pub mod memif;
+mod shm;
+mod sys;
 pub mod tap;
 
 use std::fmt;

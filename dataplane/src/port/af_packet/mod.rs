@@ -38,11 +38,13 @@ pub(in crate::port) mod sys;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use caracal_wire::EthernetAddress;
 
-use self::sys::{RingGeometry, RingMemory, TpacketVersion};
+use self::sys::{RingGeometry, TpacketVersion};
+use super::shm::SharedMemory;
 use super::{bump, Port, PortCaps, PortId, PortKind, PortQueue, PortStats, QueueCounters};
 use crate::buffer::{BufferCache, Frame, Meta, DATA_SIZE, MAX_DATA_SIZE};
 
@@ -180,10 +182,10 @@ pub enum AfPacketError {
 #[derive(Debug)]
 struct QueueSockets {
     rx_sock: OwnedFd,
-    rx_mem: RingMemory,
+    rx_mem: SharedMemory,
     rx_geometry: RingGeometry,
     tx_sock: OwnedFd,
-    tx_mem: RingMemory,
+    tx_mem: SharedMemory,
     tx_geometry: RingGeometry,
 }
 
@@ -249,7 +251,7 @@ fn open_here(cfg: &AfPacketConfig) -> Result<Opened, AfPacketError> {
             source,
         }
     };
-    let ifindex = sys::ifindex(&cfg.ifname).map_err(io("no such interface"))?;
+    let ifindex = crate::port::sys::ifindex(&cfg.ifname).map_err(io("no such interface"))?;
     // The MTU sizes the tx frames, so it is read before the rings exist.
     let (mtu, mac) = {
         let probe = sys::packet_socket(0).map_err(io("socket"))?;
@@ -271,7 +273,7 @@ fn open_here(cfg: &AfPacketConfig) -> Result<Opened, AfPacketError> {
         sys::set_ignore_outgoing(rx).map_err(io("PACKET_IGNORE_OUTGOING"))?;
         let rx_geometry = cfg.rx_geometry(frame_size);
         sys::set_rx_ring_v3(rx, rx_geometry, RX_RETIRE_MS).map_err(io("PACKET_RX_RING"))?;
-        let rx_mem = RingMemory::map(rx, rx_geometry.bytes()).map_err(io("mmap rx ring"))?;
+        let rx_mem = sys::map_rings(rx, rx_geometry.bytes()).map_err(io("mmap rx ring"))?;
         sys::bind(rx, ifindex, sys::ETH_P_ALL_BE).map_err(io("bind rx"))?;
         if cfg.queues > 1 {
             sys::join_fanout(rx, group).map_err(io("PACKET_FANOUT"))?;
@@ -284,7 +286,7 @@ fn open_here(cfg: &AfPacketConfig) -> Result<Opened, AfPacketError> {
         sys::set_loss(tx).map_err(io("PACKET_LOSS"))?;
         let tx_geometry = cfg.tx_geometry(frame_size);
         sys::set_tx_ring_v2(tx, tx_geometry).map_err(io("PACKET_TX_RING"))?;
-        let tx_mem = RingMemory::map(tx, tx_geometry.bytes()).map_err(io("mmap tx ring"))?;
+        let tx_mem = sys::map_rings(tx, tx_geometry.bytes()).map_err(io("mmap tx ring"))?;
         sys::bind(tx, ifindex, 0).map_err(io("bind tx"))?;
         queues.push(QueueSockets {
             rx_sock,
@@ -354,7 +356,7 @@ impl Port for AfPacketPort {
 #[derive(Debug)]
 struct RxRing {
     // Unmapped before the socket closes (field order).
-    mem: RingMemory,
+    mem: SharedMemory,
     sock: OwnedFd,
     blocks: u32,
     block_size: usize,
@@ -388,8 +390,11 @@ impl RxRing {
 
     /// Gives the current block back to the kernel and moves to the next.
     fn release(&mut self) {
-        self.mem
-            .store_status(self.block_off() + BLOCK_STATUS, libc::TP_STATUS_KERNEL);
+        self.mem.store_u32(
+            self.block_off() + BLOCK_STATUS,
+            libc::TP_STATUS_KERNEL,
+            Ordering::Release,
+        );
         self.block = (self.block + 1) % self.blocks;
         self.current = None;
     }
@@ -407,13 +412,13 @@ impl RxRing {
             let mut cur = match self.current {
                 Some(c) => c,
                 None => {
-                    let status = self.mem.load_status(base + BLOCK_STATUS);
+                    let status = self.mem.load_u32(base + BLOCK_STATUS, Ordering::Acquire);
                     if status & libc::TP_STATUS_USER == 0 {
                         return;
                     }
                     BlockCursor {
-                        left: self.mem.read_u32(base + BLOCK_NUM_PKTS),
-                        at: self.mem.read_u32(base + BLOCK_FIRST) as usize,
+                        left: self.mem.read::<u32>(base + BLOCK_NUM_PKTS),
+                        at: self.mem.read::<u32>(base + BLOCK_FIRST) as usize,
                     }
                 }
             };
@@ -428,10 +433,10 @@ impl RxRing {
                 self.release();
                 continue;
             }
-            let snaplen = self.mem.read_u32(base + hdr + V3_SNAPLEN) as usize;
-            let len = self.mem.read_u32(base + hdr + V3_LEN) as usize;
-            let mac = usize::from(self.mem.read_u16(base + hdr + V3_MAC));
-            let next = self.mem.read_u32(base + hdr + V3_NEXT) as usize;
+            let snaplen = self.mem.read::<u32>(base + hdr + V3_SNAPLEN) as usize;
+            let len = self.mem.read::<u32>(base + hdr + V3_LEN) as usize;
+            let mac = usize::from(self.mem.read::<u16>(base + hdr + V3_MAC));
+            let next = self.mem.read::<u32>(base + hdr + V3_NEXT) as usize;
             let whole = hdr + mac + snaplen <= self.block_size && snaplen == len && len > 0;
             if whole && len > room {
                 stats.too_long += 1;
@@ -465,7 +470,7 @@ impl RxRing {
 #[derive(Debug)]
 struct TxRing {
     // Unmapped before the socket closes (field order).
-    mem: RingMemory,
+    mem: SharedMemory,
     sock: OwnedFd,
     frames: u32,
     per_block: u32,
@@ -487,16 +492,19 @@ impl TxRing {
     #[inline]
     fn put(&mut self, bytes: &[u8]) -> bool {
         let off = self.frame_off(self.head);
-        let status = self.mem.load_status(off + V2_STATUS);
+        let status = self.mem.load_u32(off + V2_STATUS, Ordering::Acquire);
         // AVAILABLE (0), or a frame the kernel refused and skipped
         // (PACKET_LOSS marks it WRONG_FORMAT): both are ours.
         if status & !libc::TP_STATUS_WRONG_FORMAT != libc::TP_STATUS_AVAILABLE {
             return false;
         }
         self.mem.copy_in(off + TX_DATA_OFFSET as usize, bytes);
-        self.mem.write_u32(off + V2_LEN, bytes.len() as u32);
-        self.mem
-            .store_status(off + V2_STATUS, libc::TP_STATUS_SEND_REQUEST);
+        self.mem.write::<u32>(off + V2_LEN, bytes.len() as u32);
+        self.mem.store_u32(
+            off + V2_STATUS,
+            libc::TP_STATUS_SEND_REQUEST,
+            Ordering::Release,
+        );
         self.head = (self.head + 1) % self.frames;
         true
     }

@@ -38,8 +38,11 @@
 //! bad descriptor is dropped and counted ([`AfXdpStats::bad_descriptors`]),
 //! never followed. The socket is opened in the interface's network
 //! namespace when asked (on a short-lived thread, as tap and af_packet
-//! do) and works from any thread afterwards. All `unsafe` is in [`sys`].
+//! do) and works from any thread afterwards. All `unsafe` is in [`sys`]
+//! and, for the UMEM and ring mappings, the ports' shared-memory module.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod program;
 mod sys;
 
@@ -52,8 +55,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use caracal_wire::EthernetAddress;
 
 use self::program::{AttachMode, XdpProgram};
-use self::sys::{Kick, RingKind, RingMemory, Umem};
+use self::sys::{Kick, RingKind, RingMemory};
 use super::af_packet::sys as ifquery;
+use super::shm::{Plain, SharedMemory};
 use super::{bump, Port, PortCaps, PortId, PortKind, PortQueue, PortStats, QueueCounters};
 use crate::buffer::{BufferCache, Frame, Meta, DATA_SIZE};
 
@@ -311,8 +315,8 @@ fn ring_free(size: u32, prod: u32, cons: u32) -> u32 {
 
 /// A ring we produce into (fill, tx).
 #[derive(Debug)]
-struct Producer {
-    mem: RingMemory,
+struct Producer<T: Plain> {
+    mem: RingMemory<T>,
     size: u32,
     /// Our producer index (the shared one lags until `submit`).
     prod: u32,
@@ -320,8 +324,8 @@ struct Producer {
     cons: u32,
 }
 
-impl Producer {
-    fn new(mem: RingMemory, size: u32) -> Self {
+impl<T: Plain> Producer<T> {
+    fn new(mem: RingMemory<T>, size: u32) -> Self {
         let (prod, cons) = (mem.load_producer(), mem.load_consumer());
         Producer {
             mem,
@@ -364,8 +368,8 @@ impl Producer {
 
 /// A ring we consume from (rx, completion).
 #[derive(Debug)]
-struct Consumer {
-    mem: RingMemory,
+struct Consumer<T: Plain> {
+    mem: RingMemory<T>,
     size: u32,
     /// Our consumer index (the shared one lags until `release`).
     cons: u32,
@@ -373,8 +377,8 @@ struct Consumer {
     prod: u32,
 }
 
-impl Consumer {
-    fn new(mem: RingMemory, size: u32) -> Self {
+impl<T: Plain> Consumer<T> {
+    fn new(mem: RingMemory<T>, size: u32) -> Self {
         let (prod, cons) = (mem.load_producer(), mem.load_consumer());
         Consumer {
             mem,
@@ -438,11 +442,11 @@ pub struct AfXdpStats {
 /// Everything a queue needs, until a worker takes it.
 #[derive(Debug)]
 struct QueueParts {
-    fill: Producer,
-    rx: Consumer,
-    tx: Producer,
-    comp: Consumer,
-    umem: Umem,
+    fill: Producer<u64>,
+    rx: Consumer<libc::xdp_desc>,
+    tx: Producer<libc::xdp_desc>,
+    comp: Consumer<u64>,
+    umem: SharedMemory,
 }
 
 /// An AF_XDP socket on one interface queue.
@@ -574,7 +578,7 @@ fn open_here(cfg: &AfXdpConfig, layout: UmemLayout) -> Result<Opened, AfXdpError
             source,
         }
     };
-    let ifindex = ifquery::ifindex(&cfg.ifname).map_err(io("no such interface"))?;
+    let ifindex = crate::port::sys::ifindex(&cfg.ifname).map_err(io("no such interface"))?;
     let (mac, mtu) = {
         let probe = ifquery::packet_socket(0).map_err(io("socket(AF_PACKET)"))?;
         (
@@ -583,7 +587,7 @@ fn open_here(cfg: &AfXdpConfig, layout: UmemLayout) -> Result<Opened, AfXdpError
         )
     };
 
-    let umem = Umem::map(layout.bytes(), cfg.hugepages).map_err(io("mmap UMEM"))?;
+    let umem = SharedMemory::anonymous(layout.bytes(), cfg.hugepages).map_err(io("mmap UMEM"))?;
     let sock = sys::xdp_socket().map_err(io("socket(AF_XDP)"))?;
     let fd = sock.as_fd();
     sys::register_umem(fd, &umem, layout.frame_size).map_err(io("XDP_UMEM_REG"))?;
@@ -593,17 +597,23 @@ fn open_here(cfg: &AfXdpConfig, layout: UmemLayout) -> Result<Opened, AfXdpError
     sys::set_ring_size(fd, RingKind::Rx, rx_n).map_err(io("XDP_RX_RING"))?;
     sys::set_ring_size(fd, RingKind::Tx, tx_n).map_err(io("XDP_TX_RING"))?;
     let offsets = sys::mmap_offsets(fd).map_err(io("XDP_MMAP_OFFSETS"))?;
-    let map = |kind, n| RingMemory::map(fd, kind, n, &offsets);
     let fill = Producer::new(
-        map(RingKind::Fill, rx_n).map_err(io("mmap fill ring"))?,
+        RingMemory::map(fd, RingKind::Fill, rx_n, &offsets).map_err(io("mmap fill ring"))?,
         rx_n,
     );
     let comp = Consumer::new(
-        map(RingKind::Completion, tx_n).map_err(io("mmap completion ring"))?,
+        RingMemory::map(fd, RingKind::Completion, tx_n, &offsets)
+            .map_err(io("mmap completion ring"))?,
         tx_n,
     );
-    let rx = Consumer::new(map(RingKind::Rx, rx_n).map_err(io("mmap rx ring"))?, rx_n);
-    let tx = Producer::new(map(RingKind::Tx, tx_n).map_err(io("mmap tx ring"))?, tx_n);
+    let rx = Consumer::new(
+        RingMemory::map(fd, RingKind::Rx, rx_n, &offsets).map_err(io("mmap rx ring"))?,
+        rx_n,
+    );
+    let tx = Producer::new(
+        RingMemory::map(fd, RingKind::Tx, tx_n, &offsets).map_err(io("mmap tx ring"))?,
+        tx_n,
+    );
 
     // The program first: where it runs decides how to bind. Until the
     // socket is in the map, the queue's packets pass to the kernel.
@@ -658,24 +668,14 @@ impl Port for AfXdpPort {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()?;
-        let layout = self.layout;
-        let mut q = AfXdpQueue {
-            layout,
-            umem: parts.umem,
-            fill: parts.fill,
-            rx: parts.rx,
-            tx: parts.tx,
-            comp: parts.comp,
-            in_kernel: vec![false; layout.frames as usize],
-            rx_spare: (0..layout.rx_frames).rev().collect(),
-            tx_free: (layout.rx_frames..layout.frames).rev().collect(),
-            max_frame: usize::from(self.caps.mtu) + caracal_wire::ethernet::HEADER_LEN,
-            sock: self.sock.clone(),
-            counters: self.counters.clone(),
-            xdp_counters: self.xdp_counters.clone(),
-        };
-        q.refill();
-        Some(Box::new(q))
+        Some(Box::new(AfXdpQueue::new(
+            self.layout,
+            parts,
+            usize::from(self.caps.mtu) + caracal_wire::ethernet::HEADER_LEN,
+            self.sock.clone(),
+            self.counters.clone(),
+            self.xdp_counters.clone(),
+        )))
     }
 
     fn stats(&self) -> PortStats {
@@ -691,11 +691,11 @@ impl Port for AfXdpPort {
 #[derive(Debug)]
 pub struct AfXdpQueue {
     layout: UmemLayout,
-    fill: Producer,
-    rx: Consumer,
-    tx: Producer,
-    comp: Consumer,
-    umem: Umem,
+    fill: Producer<u64>,
+    rx: Consumer<libc::xdp_desc>,
+    tx: Producer<libc::xdp_desc>,
+    comp: Consumer<u64>,
+    umem: SharedMemory,
     /// Which frames the kernel holds (on the fill or tx ring, or being
     /// filled or sent): only those may come back in a descriptor.
     in_kernel: Vec<bool>,
@@ -711,6 +711,34 @@ pub struct AfXdpQueue {
 }
 
 impl AfXdpQueue {
+    /// The queue over `parts`, every rx frame put on the fill ring.
+    fn new(
+        layout: UmemLayout,
+        parts: QueueParts,
+        max_frame: usize,
+        sock: Arc<OwnedFd>,
+        counters: Arc<QueueCounters>,
+        xdp_counters: Arc<XdpCounters>,
+    ) -> Self {
+        let mut q = AfXdpQueue {
+            layout,
+            umem: parts.umem,
+            fill: parts.fill,
+            rx: parts.rx,
+            tx: parts.tx,
+            comp: parts.comp,
+            in_kernel: vec![false; layout.frames as usize],
+            rx_spare: (0..layout.rx_frames).rev().collect(),
+            tx_free: (layout.rx_frames..layout.frames).rev().collect(),
+            max_frame,
+            sock,
+            counters,
+            xdp_counters,
+        };
+        q.refill();
+        q
+    }
+
     /// Puts spare rx frames on the fill ring.
     fn refill(&mut self) {
         let n = self.fill.reserve(self.rx_spare.len() as u32);
@@ -720,7 +748,7 @@ impl AfXdpQueue {
             };
             self.fill
                 .mem
-                .write_addr(self.fill.prod.wrapping_add(i), self.layout.base(frame));
+                .write(self.fill.prod.wrapping_add(i), self.layout.base(frame));
             self.in_kernel[frame as usize] = true;
         }
         self.fill.submit(n);
@@ -732,7 +760,7 @@ impl AfXdpQueue {
         let n = self.comp.peek(self.comp.size);
         let mut bad = 0;
         for i in 0..n {
-            let addr = self.comp.mem.read_addr(self.comp.cons.wrapping_add(i));
+            let addr = self.comp.mem.read(self.comp.cons.wrapping_add(i));
             match self.layout.check_completion(addr) {
                 Some(f) if self.in_kernel[f as usize] => {
                     self.in_kernel[f as usize] = false;
@@ -781,8 +809,8 @@ impl PortQueue for AfXdpQueue {
         let room = cache.pool().data_size();
         let mut taken = 0;
         while taken < n {
-            let (addr, len, options) = self.rx.mem.read_desc(self.rx.cons.wrapping_add(taken));
-            match self.layout.check_rx(addr, len, options) {
+            let d = self.rx.mem.read(self.rx.cons.wrapping_add(taken));
+            match self.layout.check_rx(d.addr, d.len, d.options) {
                 // Longer than a buffer of this worker's pool (a pool
                 // smaller than the default): dropped whole.
                 RxDesc::Packet { frame, len, .. }
@@ -847,9 +875,12 @@ impl PortQueue for AfXdpQueue {
             } else if let Some(frame) = self.tx_free.pop() {
                 let addr = self.layout.base(frame);
                 self.umem.copy_in(addr as usize, data);
-                self.tx
-                    .mem
-                    .write_desc(self.tx.prod.wrapping_add(sent), addr, data.len() as u32);
+                let d = libc::xdp_desc {
+                    addr,
+                    len: data.len() as u32,
+                    options: 0,
+                };
+                self.tx.mem.write(self.tx.prod.wrapping_add(sent), d);
                 self.in_kernel[frame as usize] = true;
                 sent += 1;
                 room -= 1;

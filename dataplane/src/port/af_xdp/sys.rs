@@ -5,51 +5,31 @@
 //! program needs (map create, program load, map update). This is the only
 //! module of the driver with `unsafe`.
 //!
-//! As in the AF_PACKET driver, no Rust reference into shared memory is
-//! ever handed out: ring indices are atomics (the ring protocol), ring
-//! entries are volatile loads and stores at masked slots of a mapping
-//! whose layout was checked when it was mapped, and packet bytes move by
-//! raw copies at offsets checked against the UMEM first.
+//! The UMEM is a [`SharedMemory`] and each ring a [`SlotRing`]: no Rust
+//! reference into shared memory is ever handed out; ring indices are
+//! atomics (the ring protocol), ring entries are volatile loads and stores
+//! at masked slots of a mapping whose layout was checked when it was
+//! mapped, and packet bytes move by raw copies at offsets checked against
+//! the UMEM first.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 
-/// Turns a `-1` return into the thread's `errno`.
-fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
+use crate::port::shm::{MapOptions, Plain, SharedMemory, SlotRing};
+use crate::port::sys::{self, check};
 
 /// A close-on-exec XDP socket (not bound yet).
 pub(super) fn xdp_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; the result is checked.
-    let fd = check(unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: a descriptor the kernel just created and nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    sys::socket(libc::AF_XDP, libc::SOCK_RAW, 0)
 }
 
-/// `setsockopt(SOL_XDP, opt)` with a plain-data value.
+/// `setsockopt(SOL_XDP, opt)` with a plain-data value (an int or an
+/// `xdp_umem_reg`).
 fn set_xdp_opt<T: Copy>(sock: BorrowedFd<'_>, opt: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: `value` points at `size_of::<T>()` readable bytes that
-    // outlive the call; the kernel copies them. Callers pass the C type
-    // the option expects (an int or an `xdp_umem_reg`).
-    check(unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_XDP,
-            opt,
-            (value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
+    sys::setsockopt(sock, libc::SOL_XDP, opt, value)
 }
 
 /// `getsockopt(SOL_XDP, opt)` into a plain-data value; fails unless the
@@ -82,10 +62,14 @@ fn get_xdp_opt<T: Copy>(sock: BorrowedFd<'_>, opt: libc::c_int, value: &mut T) -
 
 /// Registers `umem` as the socket's packet memory, cut into chunks of
 /// `frame_size` bytes with no headroom of our own.
-pub(super) fn register_umem(sock: BorrowedFd<'_>, umem: &Umem, frame_size: u32) -> io::Result<()> {
+pub(super) fn register_umem(
+    sock: BorrowedFd<'_>,
+    umem: &SharedMemory,
+    frame_size: u32,
+) -> io::Result<()> {
     let reg = libc::xdp_umem_reg {
-        addr: umem.base.as_ptr() as u64,
-        len: umem.len as u64,
+        addr: umem.addr(),
+        len: umem.len() as u64,
         chunk_size: frame_size,
         headroom: 0,
         flags: 0,
@@ -172,15 +156,7 @@ pub(super) fn bind(sock: BorrowedFd<'_>, ifindex: u32, queue: u32, flags: u16) -
         sxdp_queue_id: queue,
         sxdp_shared_umem_fd: 0,
     };
-    // SAFETY: `sxdp` is a valid sockaddr_xdp of the length we pass.
-    check(unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&sxdp as *const libc::sockaddr_xdp).cast(),
-            size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
+    sys::bind(sock, &sxdp)
 }
 
 /// True when the bound socket runs in zero-copy mode (`XDP_OPTIONS`).
@@ -211,25 +187,12 @@ pub(super) enum Kick {
 
 /// Asks the kernel to send what is on the tx ring, without blocking.
 pub(super) fn kick_tx(sock: BorrowedFd<'_>) -> io::Result<Kick> {
-    // SAFETY: a null buffer of length 0 and no address is how an XDP tx
-    // ring is flushed; nothing is read through the pointers.
-    let rc = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            std::ptr::null(),
-            0,
-            libc::MSG_DONTWAIT,
-            std::ptr::null(),
-            0,
-        )
-    };
-    if rc >= 0 {
-        return Ok(Kick::Done);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS) => Ok(Kick::Again),
-        _ => Err(e),
+    match sys::flush_tx(sock) {
+        Ok(()) => Ok(Kick::Done),
+        Err(e) => match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS) => Ok(Kick::Again),
+            _ => Err(e),
+        },
     }
 }
 
@@ -250,282 +213,117 @@ pub(super) fn wake_rx(sock: BorrowedFd<'_>) {
     };
 }
 
-/// The packet memory: one private anonymous mapping, locked in by the
-/// kernel when it is registered; unmapped on drop (the kernel keeps its
-/// own pin on the pages for as long as a socket uses them).
+/// One ring of an XDP socket, mapped; unmapped on drop. Its layout comes
+/// from `XDP_MMAP_OFFSETS` and is checked once, in [`RingMemory::new`]
+/// (see [`SlotRing`]); the entries are `u64` addresses (fill,
+/// completion) or `xdp_desc`s (rx, tx).
 #[derive(Debug)]
-pub(super) struct Umem {
-    base: NonNull<u8>,
-    len: usize,
-}
+pub(super) struct RingMemory<T: Plain>(SlotRing<T, 3>);
 
-// SAFETY: every access is a raw copy at a checked offset, sound from any
-// thread; which thread touches which frame is the queue's business (one
-// owner), and the kernel's side follows the ring protocol.
-unsafe impl Send for Umem {}
-// SAFETY: as above.
-unsafe impl Sync for Umem {}
+/// The control words of a ring, by position in its [`SlotRing`].
+const PRODUCER: usize = 0;
+const CONSUMER: usize = 1;
+const FLAGS: usize = 2;
 
-impl Umem {
-    /// Maps `len` bytes (a multiple of the page size), asking for
-    /// transparent hugepages when `hugepages` (advice only: the mapping
-    /// works without).
-    pub fn map(len: usize, hugepages: bool) -> io::Result<Self> {
-        if len == 0 {
-            return Err(io::Error::from(io::ErrorKind::InvalidInput));
-        }
-        // SAFETY: a fresh anonymous mapping chosen by the kernel (no fixed
-        // address), so no existing memory is replaced; checked below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
+impl<T: Plain> RingMemory<T> {
+    /// A ring of `entries` (a power of two) over `mem`, laid out as `o`
+    /// says; also how the fuzz driver lays rings over anonymous memory.
+    pub fn new(mem: SharedMemory, o: &libc::xdp_ring_offset, entries: u32) -> io::Result<Self> {
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("XDP_MMAP_OFFSETS: {what}"),
             )
         };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        if hugepages {
-            // SAFETY: advice on the mapping just made; it changes no
-            // contents. A refusal (no THP) is harmless and ignored.
-            let _ = unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
-        }
-        let base = NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(Umem { base, len })
+        let off = |off: u64, what: &str| usize::try_from(off).map_err(|_| bad(what));
+        let words = [
+            off(o.producer, "producer")?,
+            off(o.consumer, "consumer")?,
+            off(o.flags, "flags")?,
+        ];
+        let ring = SlotRing::new(mem, words, off(o.desc, "entries")?, entries).map_err(bad)?;
+        Ok(RingMemory(ring))
     }
 
-    /// A pointer to `len` bytes at `off`; panics outside the mapping (a
-    /// bug of the driver: descriptors are checked before they get here).
-    #[inline]
-    #[track_caller]
-    fn at(&self, off: usize, len: usize) -> *mut u8 {
-        assert!(
-            off.checked_add(len).is_some_and(|end| end <= self.len),
-            "UMEM access of {len} bytes at {off} outside {} bytes",
-            self.len
-        );
-        // SAFETY: `off + len <= self.len`, checked just above.
-        unsafe { self.base.as_ptr().add(off) }
-    }
-
-    /// Copies `dst.len()` bytes at `off` out of the UMEM.
-    #[inline]
-    #[track_caller]
-    pub fn copy_out(&self, off: usize, dst: &mut [u8]) {
-        let p = self.at(off, dst.len());
-        // SAFETY: the source is inside the mapping (checked by `at`) and
-        // cannot overlap `dst`, which is our own memory.
-        unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) }
-    }
-
-    /// Copies `src` into the UMEM at `off`.
-    #[inline]
-    #[track_caller]
-    pub fn copy_in(&self, off: usize, src: &[u8]) {
-        let p = self.at(off, src.len());
-        // SAFETY: the destination is inside the mapping (checked by `at`)
-        // and cannot overlap `src`, which is our own memory.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) }
-    }
-}
-
-impl Drop for Umem {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`len` describe a mapping this value created; no
-        // reference into it exists (none is ever handed out).
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
-    }
-}
-
-/// One ring of an XDP socket, mapped; unmapped on drop.
-///
-/// Its layout comes from `XDP_MMAP_OFFSETS` and is checked once, in
-/// [`RingMemory::map`]: the producer, consumer and flags words are
-/// aligned and inside the mapping, and so are all `entries` slots. Slot
-/// numbers are masked with `entries - 1`, so no later access can leave it.
-#[derive(Debug)]
-pub(super) struct RingMemory {
-    base: NonNull<u8>,
-    len: usize,
-    producer: usize,
-    consumer: usize,
-    flags: usize,
-    desc: usize,
-    entry_size: usize,
-    mask: u32,
-}
-
-// SAFETY: as `Umem`: atomics, volatile accesses and raw copies only.
-unsafe impl Send for RingMemory {}
-// SAFETY: as above.
-unsafe impl Sync for RingMemory {}
-
-impl RingMemory {
     /// Maps ring `kind` of `sock`, which has `entries` (a power of two)
-    /// entries, at the offsets the kernel reported.
+    /// entries of `T` (`kind.entry_size()` bytes), at the offsets the
+    /// kernel reported.
     pub fn map(
         sock: BorrowedFd<'_>,
         kind: RingKind,
         entries: u32,
         offsets: &libc::xdp_mmap_offsets,
     ) -> io::Result<Self> {
-        if !entries.is_power_of_two() {
-            return Err(io::Error::from(io::ErrorKind::InvalidInput));
-        }
+        assert_eq!(size_of::<T>(), kind.entry_size(), "{kind:?} ring entries");
         let o = kind.offsets(offsets);
-        let entry_size = kind.entry_size();
-        let bad = |what: &str| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("XDP_MMAP_OFFSETS of the {kind:?} ring: {what}"),
-            )
+        let len = usize::try_from(o.desc)
+            .ok()
+            .and_then(|desc| {
+                (entries as usize)
+                    .checked_mul(size_of::<T>())?
+                    .checked_add(desc)
+            })
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("XDP_MMAP_OFFSETS of the {kind:?} ring: size"),
+                )
+            })?;
+        let opts = MapOptions {
+            flags: libc::MAP_SHARED | libc::MAP_POPULATE,
+            offset: kind.page_offset(),
+            mapped: len,
         };
-        let desc = usize::try_from(o.desc).map_err(|_| bad("entries"))?;
-        let len = (entries as usize)
-            .checked_mul(entry_size)
-            .and_then(|n| n.checked_add(desc))
-            .ok_or_else(|| bad("size"))?;
-        let word = |off: u64, what: &str| -> io::Result<usize> {
-            let off = usize::try_from(off).map_err(|_| bad(what))?;
-            if !off.is_multiple_of(4) || off.checked_add(4).is_none_or(|end| end > len) {
-                return Err(bad(what));
-            }
-            Ok(off)
-        };
-        let producer = word(o.producer, "producer")?;
-        let consumer = word(o.consumer, "consumer")?;
-        let flags = word(o.flags, "flags")?;
-        if !desc.is_multiple_of(8) {
-            return Err(bad("entries are not aligned"));
-        }
-        // SAFETY: a fresh shared mapping of the socket's ring chosen by the
-        // kernel (no fixed address), so no existing memory is replaced;
-        // the result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                sock.as_raw_fd(),
-                kind.page_offset(),
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(RingMemory {
-            base,
-            len,
-            producer,
-            consumer,
-            flags,
-            desc,
-            entry_size,
-            mask: entries - 1,
-        })
-    }
-
-    #[inline]
-    fn word(&self, off: usize) -> &AtomicU32 {
-        // SAFETY: `off` is one of the word offsets `map` checked (aligned,
-        // inside the mapping), which lives as long as `self`; the kernel
-        // and we access these words only atomically.
-        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(off).cast()) }
+        let mem = SharedMemory::map_with(Some(sock), len, opts)?;
+        Self::new(mem, &o, entries)
+            .map_err(|e| io::Error::new(e.kind(), format!("the {kind:?} ring: {e}")))
     }
 
     /// The producer index, with acquire ordering: entries it covers are
     /// visible once it is read.
     #[inline]
     pub fn load_producer(&self) -> u32 {
-        self.word(self.producer).load(Ordering::Acquire)
+        self.0.word(PRODUCER).load(Ordering::Acquire)
     }
 
     /// Publishes entries written before it (release ordering).
     #[inline]
     pub fn store_producer(&self, value: u32) {
-        self.word(self.producer).store(value, Ordering::Release)
+        self.0.word(PRODUCER).store(value, Ordering::Release)
     }
 
     #[inline]
     pub fn load_consumer(&self) -> u32 {
-        self.word(self.consumer).load(Ordering::Acquire)
+        self.0.word(CONSUMER).load(Ordering::Acquire)
     }
 
     /// Gives entries read before it back (release ordering: the reads
     /// are done before the kernel may overwrite them).
     #[inline]
     pub fn store_consumer(&self, value: u32) {
-        self.word(self.consumer).store(value, Ordering::Release)
+        self.0.word(CONSUMER).store(value, Ordering::Release)
     }
 
     /// The ring's flags word (`XDP_RING_NEED_WAKEUP`).
     #[inline]
     pub fn load_flags(&self) -> u32 {
-        self.word(self.flags).load(Ordering::Relaxed)
+        self.0.word(FLAGS).load(Ordering::Relaxed)
     }
 
-    /// A pointer to the slot of ring index `index`.
-    #[inline]
-    fn slot(&self, index: u32) -> *mut u8 {
-        let off = self.desc + (index & self.mask) as usize * self.entry_size;
-        debug_assert!(off + self.entry_size <= self.len);
-        // SAFETY: `map` checked that all `mask + 1` slots lie inside the
-        // mapping, and the index is masked.
-        unsafe { self.base.as_ptr().add(off) }
+    /// Sets the flags word, as the kernel does (the fuzz driver).
+    pub fn store_flags(&self, value: u32) {
+        self.0.word(FLAGS).store(value, Ordering::Relaxed)
     }
 
-    /// The address in a fill or completion ring slot.
+    /// The entry at ring index `index`.
     #[inline]
-    pub fn read_addr(&self, index: u32) -> u64 {
-        debug_assert_eq!(self.entry_size, 8);
-        // SAFETY: an aligned slot inside the mapping (see `slot`); any bit
-        // pattern is a u64.
-        unsafe { std::ptr::read_volatile(self.slot(index).cast::<u64>()) }
+    pub fn read(&self, index: u32) -> T {
+        self.0.read(index)
     }
 
     #[inline]
-    pub fn write_addr(&self, index: u32, addr: u64) {
-        debug_assert_eq!(self.entry_size, 8);
-        // SAFETY: an aligned slot inside the mapping (see `slot`); no
-        // reference into the mapping exists to be invalidated.
-        unsafe { std::ptr::write_volatile(self.slot(index).cast::<u64>(), addr) }
-    }
-
-    /// The `(addr, len, options)` of an rx or tx ring slot.
-    #[inline]
-    pub fn read_desc(&self, index: u32) -> (u64, u32, u32) {
-        debug_assert_eq!(self.entry_size, 16);
-        // SAFETY: an aligned `xdp_desc` slot inside the mapping (see
-        // `slot`); it is plain integers, so any bit pattern is valid.
-        let d = unsafe { std::ptr::read_volatile(self.slot(index).cast::<libc::xdp_desc>()) };
-        (d.addr, d.len, d.options)
-    }
-
-    #[inline]
-    pub fn write_desc(&self, index: u32, addr: u64, len: u32) {
-        debug_assert_eq!(self.entry_size, 16);
-        let d = libc::xdp_desc {
-            addr,
-            len,
-            options: 0,
-        };
-        // SAFETY: an aligned slot inside the mapping (see `slot`); no
-        // reference into the mapping exists to be invalidated.
-        unsafe { std::ptr::write_volatile(self.slot(index).cast::<libc::xdp_desc>(), d) }
-    }
-}
-
-impl Drop for RingMemory {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`len` describe a mapping this value created; no
-        // reference into it exists (none is ever handed out).
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    pub fn write(&self, index: u32, value: T) {
+        self.0.write(index, value)
     }
 }
 
@@ -713,16 +511,5 @@ mod tests {
         let n = name16("a-name-longer-than-sixteen");
         assert_eq!(&n[..15], b"a-name-longer-t");
         assert_eq!(n[15], 0);
-    }
-
-    #[test]
-    fn umem_copies_stay_inside() {
-        let u = Umem::map(8192, false).unwrap();
-        u.copy_in(4096, b"caracal");
-        let mut out = [0u8; 7];
-        u.copy_out(4096, &mut out);
-        assert_eq!(&out, b"caracal");
-        let r = std::panic::catch_unwind(|| u.copy_out(8190, &mut [0u8; 4]));
-        assert!(r.is_err(), "a copy past the end panics");
     }
 }

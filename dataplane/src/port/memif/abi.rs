@@ -34,7 +34,7 @@ use std::mem::{offset_of, size_of};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::sys::SharedMemory;
+use crate::port::shm::SharedMemory;
 
 /// Protocol version 2.0 (major in the high byte).
 pub const VERSION: u16 = 0x0200;
@@ -59,20 +59,7 @@ pub const DESC_FLAG_NEXT: u16 = 1;
 /// the older master/slave naming).
 pub const ADD_RING_FLAG_C2S: u16 = 1;
 
-/// Marker for types that may live in memory shared with an untrusted peer.
-///
-/// # Safety
-/// Implementors are `#[repr(C)]` (or primitive) with no padding, no
-/// pointers and no invariants: every bit pattern of their size is a valid
-/// value, so a volatile read of whatever the peer wrote is sound.
-pub unsafe trait Plain: Copy + Send + Sync + 'static {}
-
-// SAFETY: primitive integers; every bit pattern is a value.
-unsafe impl Plain for u16 {}
-// SAFETY: as above.
-unsafe impl Plain for u32 {}
-// SAFETY: as above.
-unsafe impl Plain for u64 {}
+pub use crate::port::shm::Plain;
 
 /// One buffer descriptor of a ring.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

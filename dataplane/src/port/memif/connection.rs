@@ -21,8 +21,8 @@ use caracal_wire::EthernetAddress;
 
 use super::abi::{LayoutError, Ring};
 use super::region::Region;
-use super::sys::SharedMemory;
 use super::{Mode, Role};
+use crate::port::shm::SharedMemory;
 
 /// An eventfd used as a ring's interrupt line or a wake-up bell.
 #[derive(Debug)]

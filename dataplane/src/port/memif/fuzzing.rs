@@ -5,7 +5,7 @@
 //! Both drivers treat the input as a peer's doing: ring headers,
 //! descriptors and buffer bytes ([`rings`]), or a sequence of control
 //! messages with memory files and eventfds attached ([`control`]). Any
-//! access outside a mapped region panics in [`SharedMemory`](super::sys),
+//! access outside a mapped region panics in [`SharedMemory`](crate::port::shm::SharedMemory),
 //! so "no crash" also means "no out-of-region read or write"; the drivers
 //! further check every received packet's length and that every buffer
 //! goes back to the pool. The ring driver receives into a default (2 KiB)

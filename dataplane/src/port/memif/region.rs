@@ -26,7 +26,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use std::sync::Arc;
 
-use super::sys::{self, SharedMemory};
+use super::sys;
+use crate::port::shm::SharedMemory;
 
 /// Size of the huge pages `MFD_HUGETLB` gives by default on x86-64 and
 /// aarch64 with 4 KiB base pages, bytes.

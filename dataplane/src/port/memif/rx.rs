@@ -24,9 +24,9 @@ use caracal_wire::{EtherType, EthernetAddress, EthernetFrame};
 
 use super::abi::{Descriptor, Ring};
 use super::connection::{Connection, Direction, OwnBuffers, PeerFault};
-use super::sys::SharedMemory;
 use super::{Mode, Role};
 use crate::buffer::{BufferCache, Frame, Meta, Packet};
+use crate::port::shm::SharedMemory;
 use crate::port::PortId;
 
 /// What one burst did, counted once per burst by the queue.

@@ -1,202 +1,19 @@
-//! The system calls of the memif driver that std does not wrap: shared
-//! memory (`memfd_create`, file seals, `mmap`), eventfds, a nested epoll
-//! per queue, and Unix `SOCK_SEQPACKET` sockets with `SCM_RIGHTS`
-//! descriptor passing. With [`abi`](super::abi)'s marker trait, this is the
-//! only module of the driver with `unsafe`.
-//!
-//! [`SharedMemory`] is the one way to touch a mapping shared with a peer.
-//! It never hands out a Rust reference into the mapping (the peer may
-//! write any byte at any time, which no `&[u8]` may observe); every access
-//! is a volatile or atomic load/store, or a raw copy, at an offset it
-//! checks against the mapping's length first. A failed check is a bug in
-//! the caller's validation, not something a peer can cause, and panics.
+//! The system calls of the memif driver that std does not wrap: memory
+//! files (`memfd_create`, file seals), eventfds, a nested epoll per
+//! queue, and Unix `SOCK_SEQPACKET` sockets with `SCM_RIGHTS` descriptor
+//! passing. With [`abi`](super::abi)'s `Plain` impls, this is the only
+//! module of the driver with `unsafe`; regions are mapped as
+//! [`SharedMemory`](crate::port::shm::SharedMemory), the ports' one
+//! bounds-checked way to touch memory shared with a peer.
 #![allow(unsafe_code)]
 
 use std::ffi::CStr;
 use std::io;
 use std::mem::{size_of, MaybeUninit};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use super::abi::Plain;
-
-/// Turns a `-1` return into the thread's `errno`.
-fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-/// Wraps a descriptor a successful syscall just returned.
-fn owned(fd: libc::c_int) -> OwnedFd {
-    debug_assert!(fd >= 0);
-    // SAFETY: callers pass a descriptor the kernel just created for us and
-    // that nothing else owns.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-// ------------------------------------------------------------ shared memory
-
-/// A `MAP_SHARED` read-write mapping of a memory file, unmapped on drop.
-#[derive(Debug)]
-pub struct SharedMemory {
-    base: NonNull<u8>,
-    /// Bytes that may be accessed.
-    len: usize,
-    /// Bytes mapped: `len` rounded up to the file's page size.
-    mapped: usize,
-}
-
-// SAFETY: the mapping is plain memory that is shared with another process
-// anyway; every access goes through volatile/atomic operations that are
-// sound from any thread. Which thread uses which part is the rings'
-// business (single producer, single consumer per ring).
-unsafe impl Send for SharedMemory {}
-// SAFETY: as above.
-unsafe impl Sync for SharedMemory {}
-
-impl SharedMemory {
-    /// Maps the first `len` bytes of `fd`, rounded up to `page` (a power
-    /// of two: the file's page size, as hugetlbfs only maps and unmaps
-    /// whole huge pages). Only `len` bytes are ever accessed; the caller
-    /// makes sure the file is at least that long and cannot shrink (see
-    /// `region`), so no access inside the mapping can fault.
-    pub fn map(fd: BorrowedFd<'_>, len: usize, page: usize) -> io::Result<Self> {
-        if len == 0 || !page.is_power_of_two() {
-            return Err(io::Error::from(io::ErrorKind::InvalidInput));
-        }
-        let mapped = len
-            .checked_next_multiple_of(page)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: a fresh mapping chosen by the kernel (no fixed address),
-        // so no existing memory is replaced; the result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                mapped,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(SharedMemory { base, len, mapped })
-    }
-
-    /// Bytes mapped.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Whether `len` bytes at `off` lie inside the mapping.
-    #[inline]
-    pub fn contains(&self, off: usize, len: usize) -> bool {
-        off.checked_add(len).is_some_and(|end| end <= self.len)
-    }
-
-    /// A pointer to `len` bytes at `off`, aligned for `align`.
-    #[inline]
-    #[track_caller]
-    fn at(&self, off: usize, len: usize, align: usize) -> *mut u8 {
-        assert!(
-            self.contains(off, len) && off.is_multiple_of(align),
-            "shared memory access of {len} bytes at {off} outside a {} byte mapping",
-            self.len
-        );
-        // SAFETY: `off + len <= self.len`, checked just above, so the
-        // result points into (or one past the end of) the mapping.
-        unsafe { self.base.as_ptr().add(off) }
-    }
-
-    /// The `u16` at `off` as an atomic (ring head and tail).
-    #[inline]
-    #[track_caller]
-    fn atomic_u16(&self, off: usize) -> &AtomicU16 {
-        let p = self.at(off, 2, align_of::<AtomicU16>());
-        // SAFETY: `p` is in bounds and aligned (checked by `at`), lives as
-        // long as `self`, and the location is only ever accessed atomically
-        // (or by the peer, for which atomics are the agreed protocol).
-        unsafe { AtomicU16::from_ptr(p.cast()) }
-    }
-
-    #[inline]
-    #[track_caller]
-    pub fn load_u16(&self, off: usize, order: Ordering) -> u16 {
-        self.atomic_u16(off).load(order)
-    }
-
-    #[inline]
-    #[track_caller]
-    pub fn store_u16(&self, off: usize, value: u16, order: Ordering) {
-        self.atomic_u16(off).store(value, order)
-    }
-
-    /// Reads a plain-data value at `off` with one volatile load, so the
-    /// value is a snapshot the peer cannot change after it is validated.
-    #[inline]
-    #[track_caller]
-    pub fn read<T: Plain>(&self, off: usize) -> T {
-        let p = self.at(off, size_of::<T>(), align_of::<T>());
-        // SAFETY: in bounds and aligned (checked by `at`); `T: Plain`
-        // accepts any bit pattern, so whatever the peer wrote is a value.
-        unsafe { std::ptr::read_volatile(p.cast::<T>()) }
-    }
-
-    /// Writes a plain-data value at `off` with one volatile store.
-    #[inline]
-    #[track_caller]
-    pub fn write<T: Plain>(&self, off: usize, value: T) {
-        let p = self.at(off, size_of::<T>(), align_of::<T>());
-        // SAFETY: in bounds and aligned (checked by `at`); no reference
-        // into the mapping exists to be invalidated by the store.
-        unsafe { std::ptr::write_volatile(p.cast::<T>(), value) }
-    }
-
-    /// Copies `dst.len()` bytes at `off` out of the mapping.
-    ///
-    /// The peer may be writing the same bytes meanwhile; the copy then
-    /// holds some mix of old and new bytes, which is what an untrusted
-    /// packet may contain anyway. Nothing is ever read *through* the
-    /// mapping after validation: lengths and offsets come from snapshots.
-    #[inline]
-    #[track_caller]
-    pub fn copy_out(&self, off: usize, dst: &mut [u8]) {
-        let p = self.at(off, dst.len(), 1);
-        // SAFETY: the source range is inside the mapping (checked by `at`)
-        // and cannot overlap `dst`, which is our own memory.
-        unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) }
-    }
-
-    /// Copies `src` into the mapping at `off`.
-    #[inline]
-    #[track_caller]
-    pub fn copy_in(&self, off: usize, src: &[u8]) {
-        let p = self.at(off, src.len(), 1);
-        // SAFETY: the destination range is inside the mapping (checked by
-        // `at`) and cannot overlap `src`, which is our own memory.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) }
-    }
-}
-
-impl Drop for SharedMemory {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`len` describe a mapping this value created; no
-        // reference into it exists (none is ever handed out).
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped) };
-    }
-}
+use crate::port::sys::{self as port_sys, check, owned};
 
 /// `memfd_create(2)` with sealing allowed and close-on-exec, on hugepages
 /// when `hugetlb`.
@@ -398,15 +215,7 @@ fn sockaddr(addr: &UnixAddr<'_>) -> io::Result<(libc::sockaddr_un, libc::socklen
 }
 
 fn seqpacket_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; the result is checked.
-    let fd = check(unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    })?;
-    Ok(owned(fd))
+    port_sys::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK, 0)
 }
 
 /// A non-blocking `SOCK_SEQPACKET` socket listening on `addr`.
@@ -616,9 +425,11 @@ pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::port::shm::SharedMemory;
     use std::fs::File;
     use std::io::{Read, Write};
     use std::os::fd::AsFd;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn shared_memory_reads_what_another_mapping_writes() {

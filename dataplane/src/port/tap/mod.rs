@@ -269,7 +269,7 @@ fn create_here(cfg: &TapConfig) -> Result<Created, TapError> {
         ifname: ifname.to_owned(),
         source,
     })?;
-    let ifindex = sys::ifindex(ifname).map_err(|source| TapError::IfIndex {
+    let ifindex = crate::port::sys::ifindex(ifname).map_err(|source| TapError::IfIndex {
         ifname: ifname.to_owned(),
         source,
     })?;

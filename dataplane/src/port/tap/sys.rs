@@ -1,15 +1,16 @@
 //! The system calls of the tap driver that std does not wrap: entering a
 //! network namespace (`setns`), attaching a queue to a multi-queue tap
-//! (`TUNSETIFF`), and asking a tap for its MAC address (`SIOCGIFHWADDR`)
-//! and its ifindex. This is the only module of the driver with `unsafe`;
+//! (`TUNSETIFF`), and asking a tap for its MAC address (`SIOCGIFHWADDR`;
+//! its ifindex comes from the ports' shared `sys`). This is the only module of the driver with `unsafe`;
 //! reads and writes on a queue go through `std::fs::File`, which needs none.
 #![allow(unsafe_code)]
 
-use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
+
+use crate::port::sys::ifreq;
 
 /// The tun/tap clone device: every open of it is a fresh, unattached queue.
 const TUN_DEVICE: &str = "/dev/net/tun";
@@ -41,21 +42,6 @@ pub(super) fn open_tun() -> io::Result<File> {
         .write(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(TUN_DEVICE)
-}
-
-/// An `ifreq` naming `ifname`, every other byte zero.
-fn ifreq(ifname: &str) -> io::Result<libc::ifreq> {
-    let name = ifname.as_bytes();
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(&0) {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    }
-    // SAFETY: `ifreq` is plain old data (byte arrays, integers and a raw
-    // pointer inside a union); all zeroes is a valid value of each.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, &src) in req.ifr_name.iter_mut().zip(name) {
-        *dst = src as libc::c_char;
-    }
-    Ok(req)
 }
 
 /// Attaches `queue` (fresh from [`open_tun`]) to the multi-queue tap
@@ -119,42 +105,4 @@ pub(super) fn hw_addr(queue: &File, ifname: &str) -> io::Result<[u8; 6]> {
         *dst = src as u8;
     }
     Ok(mac)
-}
-
-/// The ifindex of `ifname` in the calling thread's network namespace.
-pub(super) fn ifindex(ifname: &str) -> io::Result<u32> {
-    let name = CString::new(ifname).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `name` is a valid NUL-terminated string that outlives the
-    // call; `if_nametoindex` only reads it.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(index)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ifreq_holds_the_name_nul_terminated() {
-        let req = ifreq("eth0").unwrap();
-        let name: Vec<u8> = req.ifr_name.iter().map(|&c| c as u8).collect();
-        assert_eq!(&name[..5], b"eth0\0");
-        assert!(name[5..].iter().all(|&b| b == 0));
-    }
-
-    #[test]
-    fn ifreq_refuses_names_the_kernel_would_truncate() {
-        assert!(ifreq("").is_err());
-        assert!(ifreq("a-name-of-16-chr").is_err());
-        assert!(ifreq("a-name-of-15chr").is_ok());
-        assert!(ifreq("nul\0inside").is_err());
-    }
-
-    #[test]
-    fn ifindex_of_a_missing_interface_is_an_error() {
-        assert!(ifindex("caracal-none0").is_err());
-    }
 }
