@@ -13,8 +13,7 @@
 //! privilege (or binary) fail.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use caracal_control::dataplane_client::{self, DataplaneClient};
@@ -22,35 +21,9 @@ use caracal_proto::agent as pb;
 use caracal_proto::agent::agent_client::AgentClient;
 use caracal_proto::agent::cni_client::CniClient;
 use caracal_proto::dataplane as dp;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use caracal_testsupport::{privileged, skip, wait_until, Netns, Process};
+use nix::sys::signal::Signal;
 use tonic::transport::Channel;
-
-fn require_privileged() -> bool {
-    std::env::var("CARACAL_REQUIRE_PRIVILEGED").as_deref() == Ok("1")
-}
-
-/// True when the test may run; false (after saying so) when it must be
-/// skipped.
-fn privileged() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false);
-    if root {
-        return true;
-    }
-    assert!(
-        !require_privileged(),
-        "CARACAL_REQUIRE_PRIVILEGED=1 but this test needs root"
-    );
-    eprintln!("skipped: not root");
-    false
-}
 
 /// `target/<profile>/caracal-dataplane`, beside the folder of this test.
 fn dataplane_binary() -> Option<PathBuf> {
@@ -64,126 +37,41 @@ fn dataplane_binary() -> Option<PathBuf> {
          cargo test --workspace builds it)",
         path.display()
     );
-    assert!(!require_privileged(), "{hint}");
-    eprintln!("skipped: {hint}");
+    skip(&hint);
     None
 }
 
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// A name unique to this process and call, short enough for a netns.
+/// A name unique to this process and call (prefix `cre`), short enough
+/// for a netns.
 fn unique(tag: &str) -> String {
-    format!(
-        "cre{}{}-{tag}",
-        std::process::id() % 100_000,
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    caracal_testsupport::unique("cre", tag)
 }
 
-fn run(cmd: &str, args: &[&str]) -> Output {
-    let out = Command::new(cmd)
+/// `ip -o addr show dev eth0` inside `ns`; empty when there is no eth0.
+fn eth0_addresses(ns: &Netns) -> String {
+    let out = ns.ip(&["-o", "addr", "show", "dev", "eth0"]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn eth0_ifindex(ns: &Netns) -> Option<String> {
+    let out = ns.ip(&["-o", "link", "show", "dev", "eth0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(':')
+        .next()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// Starts a daemon, stopped (SIGTERM, SIGKILL after 15 s) on drop.
+fn spawn(name: &'static str, program: &Path, args: &[String]) -> Process {
+    let child = Command::new(program)
         .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A network namespace, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = unique(tag);
-        run("ip", &["netns", "add", &name]);
-        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
-        Netns(name)
-    }
-
-    fn path(&self) -> String {
-        format!("/var/run/netns/{}", self.0)
-    }
-
-    /// `ip -o addr show dev eth0` inside; empty when there is no eth0.
-    fn eth0_addresses(&self) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.0, "-o", "addr", "show", "dev", "eth0"])
-            .output()
-            .expect("ip");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn eth0_ifindex(&self) -> Option<String> {
-        let out = Command::new("ip")
-            .args(["-n", &self.0, "-o", "link", "show", "dev", "eth0"])
-            .output()
-            .expect("ip");
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.split(':')
-            .next()
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// A daemon we started, stopped on drop.
-struct Daemon {
-    name: &'static str,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn spawn(name: &'static str, program: &Path, args: &[String]) -> Daemon {
-        let child = Command::new(program)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
-        Daemon {
-            name,
-            child: Some(child),
-        }
-    }
-
-    /// Sends `signal` and waits for the exit; whether it exited 0.
-    fn stop_with(&mut self, signal: Signal) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return true;
-        };
-        let _ = kill(Pid::from_raw(child.id() as i32), signal);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status.success();
-            }
-            if Instant::now() > deadline {
-                eprintln!("{} did not stop; killing it", self.name);
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop_with(Signal::SIGTERM);
-    }
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+    Process::new(name, child, Duration::from_secs(15))
 }
 
 async fn until<F, Fut>(what: &str, mut cond: F)
@@ -208,8 +96,8 @@ impl Lab {
         self.dir.path().join(name).display().to_string()
     }
 
-    fn start_dataplane(&self) -> Daemon {
-        let d = Daemon::spawn(
+    fn start_dataplane(&self) -> Process {
+        let d = spawn(
             "caracal-dataplane",
             &self.dataplane_bin,
             &[
@@ -227,8 +115,8 @@ impl Lab {
         d
     }
 
-    fn start_agent(&self) -> Daemon {
-        let d = Daemon::spawn(
+    fn start_agent(&self) -> Process {
+        let d = spawn(
             "caracal-agent",
             Path::new(env!("CARGO_BIN_EXE_caracal-agent")),
             &[
@@ -281,15 +169,12 @@ impl Lab {
 }
 
 fn wait_for_file(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} did not appear",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        &format!("{} did not appear", path.display()),
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || path.exists(),
+    );
 }
 
 const MANIFESTS: &str = "\
@@ -315,7 +200,7 @@ spec: {containers: [{name: c, image: busybox}]}
 fn request(container_id: &str, pod: &str, ns: &Netns) -> pb::CniRequest {
     pb::CniRequest {
         container_id: container_id.into(),
-        netns: ns.path(),
+        netns: ns.path().display().to_string(),
         ifname: "eth0".into(),
         pod_namespace: "default".into(),
         pod_name: pod.into(),
@@ -340,8 +225,8 @@ async fn a_pod_wired_through_the_real_daemons_survives_their_restarts() {
     };
     std::fs::create_dir(lab.dir.path().join("manifests")).unwrap();
     std::fs::write(lab.dir.path().join("manifests/pods.yaml"), MANIFESTS).unwrap();
-    let ns = Netns::new("web");
-    let client_ns = Netns::new("cli");
+    let ns = Netns::new(unique("web"));
+    let client_ns = Netns::new(unique("cli"));
     let mut dataplane = lab.start_dataplane();
     let mut agent = lab.start_agent();
 
@@ -368,11 +253,11 @@ async fn a_pod_wired_through_the_real_daemons_survives_their_restarts() {
     assert!(ips[1].starts_with("fd00:65:"), "{ips:?}");
 
     // Inside the pod: eth0 with both addresses, and the MAC reported.
-    let addrs = ns.eth0_addresses();
+    let addrs = eth0_addresses(&ns);
     for ip in &ips {
         assert!(addrs.contains(&format!(" {ip}/")), "{ip} not in:\n{addrs}");
     }
-    let link = run("ip", &["-n", &ns.0, "link", "show", "dev", "eth0"]);
+    let link = ns.ip_ok(&["link", "show", "dev", "eth0"]);
     assert!(
         String::from_utf8_lossy(&link.stdout).contains(&result.mac),
         "mac {}",
@@ -397,20 +282,20 @@ async fn a_pod_wired_through_the_real_daemons_survives_their_restarts() {
     // pod's interface back from the agent.
     assert!(!dataplane.stop_with(Signal::SIGKILL));
     until("eth0 gone with the dataplane", || async {
-        ns.eth0_addresses().is_empty()
+        eth0_addresses(&ns).is_empty()
     })
     .await;
     dataplane = lab.start_dataplane();
     until("replayed and synced", || async { lab.synced().await }).await;
     until("eth0 back", || async {
-        let addrs = ns.eth0_addresses();
+        let addrs = eth0_addresses(&ns);
         ips.iter().all(|ip| addrs.contains(&format!(" {ip}/")))
     })
     .await;
 
     // The agent restarts: it changes nothing (same devices, same
     // dataplane interfaces), and the pods talk all along.
-    let ifindex = ns.eth0_ifindex();
+    let ifindex = eth0_ifindex(&ns);
     let id_before: Vec<u32> = lab
         .dataplane_interfaces()
         .await
@@ -418,7 +303,7 @@ async fn a_pod_wired_through_the_real_daemons_survives_their_restarts() {
         .map(|i| i.id)
         .collect();
     let pinger = {
-        let (from, to) = (client_ns.0.clone(), ips[0].clone());
+        let (from, to) = (client_ns.name().to_owned(), ips[0].clone());
         std::thread::spawn(move || {
             Command::new("ip")
                 .args([
@@ -446,7 +331,7 @@ async fn a_pod_wired_through_the_real_daemons_survives_their_restarts() {
         "traffic disturbed:\n{ping}"
     );
     assert_eq!(lab.status().await.endpoints.len(), 2);
-    assert_eq!(ns.eth0_ifindex(), ifindex);
+    assert_eq!(eth0_ifindex(&ns), ifindex);
     let id_after: Vec<u32> = lab
         .dataplane_interfaces()
         .await
@@ -467,8 +352,8 @@ async fn a_pod_wired_through_the_real_daemons_survives_their_restarts() {
     cni.del(bare).await.expect("second DEL");
     cni.del(add_client.clone()).await.expect("DEL client");
     cni.del(add_client).await.expect("second DEL client");
-    assert!(ns.eth0_addresses().is_empty());
-    assert!(client_ns.eth0_addresses().is_empty());
+    assert!(eth0_addresses(&ns).is_empty());
+    assert!(eth0_addresses(&client_ns).is_empty());
     assert!(lab.dataplane_interfaces().await.is_empty());
     assert!(lab.status().await.endpoints.is_empty());
 

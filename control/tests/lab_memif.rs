@@ -35,19 +35,17 @@
 
 mod lab_support;
 
-use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use caracal_control::dataplane_client::DataplaneClient;
 use caracal_proto::dataplane as pb;
+use caracal_testsupport::testpmd::{self, Interactive as Testpmd};
 use lab_support::{in_netns, netns_list, ping, privileged, TestLab};
 use serde_json::Value;
 
-const TESTPMD: &str = "dpdk-testpmd";
 /// The pods' gateway MAC (DESIGN §6), testpmd's destination.
 const GATEWAY_MAC: &str = "ee:ee:ee:ee:ee:ee";
 /// testpmd's txonly UDP ports (both 9, "discard", unless `--tx-udp`).
@@ -57,178 +55,41 @@ const BURST: u64 = 32;
 /// A source address that is no pod's.
 const SPOOFED: &str = "10.99.0.1";
 
-fn testpmd_available() -> bool {
-    let found = Command::new(TESTPMD)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if found {
-        return true;
-    }
-    assert!(
-        std::env::var("CARACAL_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "CARACAL_REQUIRE_PRIVILEGED=1 but {TESTPMD} is not installed (apt-get install dpdk-dev)"
-    );
-    eprintln!("skipped: {TESTPMD} is not installed");
-    false
+/// Starts testpmd as the memif client of `socket` with the port's MAC
+/// `mac`, forwarding in icmpecho mode; its txonly bursts go from
+/// `tx_ip.0` to `tx_ip.1`. Killed (and its DPDK runtime folder removed)
+/// on drop.
+fn start_testpmd(socket: &str, mac: &str, tx_ip: (&str, &str)) -> Testpmd {
+    let vdev = format!("net_memif0,role=client,socket={socket},socket-abstract=no,id=0,mac={mac}");
+    let tx_ip = format!("--tx-ip={},{}", tx_ip.0, tx_ip.1);
+    let eth_peer = format!("--eth-peer=0,{GATEWAY_MAC}");
+    Testpmd::start(
+        "testpmd",
+        caracal_testsupport::unique("caracal-labmemif-", "tp"),
+        &["-l", "0,1", "--main-lcore", "0", "--vdev", &vdev],
+        &["--forward-mode=icmpecho", &tx_ip, &eth_peer],
+        Vec::new(),
+    )
 }
 
-/// One interactive dpdk-testpmd, the memif client of one socket; killed
-/// (and its DPDK runtime folder removed) on drop.
-struct Testpmd {
-    child: Child,
-    stdin: ChildStdin,
-    output: Arc<Mutex<String>>,
-    prefix: String,
+/// Port 0's RX-packets once `done` holds of them (polled, up to 20 s).
+fn rx_packets_until(app: &mut Testpmd, what: &str, done: impl Fn(u64) -> bool) -> u64 {
+    app.port_stats_until(0, what, Duration::from_millis(100), |s| done(s.rx_packets))
+        .rx_packets
 }
 
-impl Testpmd {
-    /// Starts testpmd on `socket` with the port's MAC `mac`, forwarding
-    /// in icmpecho mode; its txonly bursts go from `tx_ip.0` to `tx_ip.1`.
-    fn start(socket: &str, mac: &str, tx_ip: (&str, &str)) -> Testpmd {
-        let prefix = format!("caracal-labmemif-{}-{}", std::process::id(), unique());
-        let vdev =
-            format!("net_memif0,role=client,socket={socket},socket-abstract=no,id=0,mac={mac}");
-        let mut child = Command::new("stdbuf")
-            .args([
-                "-oL",
-                "-eL",
-                TESTPMD,
-                "--no-huge",
-                "-m",
-                "256",
-                "--no-pci",
-                "--file-prefix",
-                &prefix,
-            ])
-            .args(["-l", "0,1", "--main-lcore", "0", "--vdev", &vdev])
-            .args([
-                "--",
-                "-i",
-                "--total-num-mbufs=16384",
-                "--forward-mode=icmpecho",
-            ])
-            .arg(format!("--tx-ip={},{}", tx_ip.0, tx_ip.1))
-            .arg(format!("--eth-peer=0,{GATEWAY_MAC}"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {TESTPMD}: {e}"));
-        let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let output = output.clone();
-            // Raw chunks, not lines: the prompt ends without a newline.
-            std::thread::spawn(move || {
-                let mut stream = stream;
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = stream.read(&mut buf) {
-                    output
-                        .lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
-        let stdin = child.stdin.take().unwrap();
-        let t = Testpmd {
-            child,
-            stdin,
-            output,
-            prefix,
-        };
-        t.wait_for(0, "testpmd> ");
-        t
-    }
-
-    /// Waits until `text` appears after byte `from`; returns the position
-    /// after it.
-    fn wait_for(&self, from: usize, text: &str) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(at) = self.output.lock().unwrap()[from..].find(text) {
-                return from + at + text.len();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "testpmd: no {text:?}; output:\n{}",
-                self.output.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Runs a command and returns its output, up to the next prompt.
-    fn run(&mut self, line: &str) -> String {
-        let from = self.output.lock().unwrap().len();
-        writeln!(self.stdin, "{line}")
-            .and_then(|()| self.stdin.flush())
-            .expect("testpmd stdin");
-        let end = self.wait_for(from, "testpmd> ");
-        self.output.lock().unwrap()[from..end].to_owned()
-    }
-
-    /// Port 0's (RX-packets, TX-packets).
-    fn packets(&mut self) -> (u64, u64) {
-        let text = self.run("show port stats 0");
-        let field = |name: &str| -> u64 {
-            let at = text
-                .find(name)
-                .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
-            text[at + name.len()..]
-                .trim_start()
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("bad {name} in:\n{text}"))
-        };
-        (field("RX-packets:"), field("TX-packets:"))
-    }
-
-    /// Polls the stats until `done` holds (or 20 s pass).
-    fn packets_until(&mut self, what: &str, done: impl Fn((u64, u64)) -> bool) -> (u64, u64) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let p = self.packets();
-            if done(p) {
-                return p;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "testpmd: {what} never happened; (rx, tx) = {p:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// One burst of txonly datagrams, then forwarding stops.
-    fn send_burst(&mut self) -> u64 {
-        self.run("stop");
-        let (_, tx0) = self.packets();
-        self.run("start tx_first 1");
-        let (_, tx1) = self.packets_until("a burst sent", |(_, tx)| tx > tx0);
-        self.run("stop");
-        tx1 - tx0
-    }
-}
-
-impl Drop for Testpmd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&self.prefix));
-    }
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+/// One burst of txonly datagrams, then forwarding stops; how many.
+fn send_burst(app: &mut Testpmd) -> u64 {
+    app.run("stop");
+    let tx0 = app.port_stats(0).tx_packets;
+    app.run("start tx_first 1");
+    let tx1 = app
+        .port_stats_until(0, "a burst sent", Duration::from_millis(100), |s| {
+            s.tx_packets > tx0
+        })
+        .tx_packets;
+    app.run("stop");
+    tx1 - tx0
 }
 
 /// The lab's dataplane, for what only it can tell.
@@ -341,7 +202,7 @@ fn drain(socket: &UdpSocket) -> Vec<(SocketAddr, usize)> {
 
 #[test]
 fn a_memif_pod_served_by_testpmd() {
-    if !privileged() || !testpmd_available() {
+    if !privileged() || !testpmd::available() {
         return;
     }
     let lab = TestLab::new("m");
@@ -425,7 +286,7 @@ fn a_memif_pod_served_by_testpmd() {
     // testpmd connects and answers pings.
     let (a_ip, m_ip) = (ipv4(a), ipv4(m));
     let a_netns = a["netns"].as_str().unwrap().to_owned();
-    let mut app = Testpmd::start(&socket, &mac, (&m_ip.to_string(), &a_ip.to_string()));
+    let mut app = start_testpmd(&socket, &mac, (&m_ip.to_string(), &a_ip.to_string()));
     let memif = dp.wait_connected(&name, 1);
     assert!(memif.peer_name.starts_with("DPDK"), "{memif:?}");
     app.run("start");
@@ -449,7 +310,7 @@ fn a_memif_pod_served_by_testpmd() {
     assert_eq!(probe["unprobed"], serde_json::json!([]));
 
     // UDP from the tap pod: testpmd receives every datagram.
-    let (rx0, _) = app.packets();
+    let rx0 = app.port_stats(0).rx_packets;
     let sender = in_netns(&a_netns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))).unwrap();
     const SENT: u64 = 20;
     for i in 0..SENT {
@@ -457,9 +318,9 @@ fn a_memif_pod_served_by_testpmd() {
             .send_to(format!("datagram {i}").as_bytes(), (m_ip, 7777))
             .unwrap();
     }
-    let (rx1, _) = app.packets_until("20 datagrams received", |(rx, _)| rx >= rx0 + SENT);
+    let rx1 = rx_packets_until(&mut app, "20 datagrams received", |rx| rx >= rx0 + SENT);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(app.packets().0, rx1, "nothing else arrived");
+    assert_eq!(app.port_stats(0).rx_packets, rx1, "nothing else arrived");
     assert_eq!(rx1 - rx0, SENT);
 
     // UDP from testpmd: one burst reaches the tap pod's socket on port 9.
@@ -468,7 +329,7 @@ fn a_memif_pod_served_by_testpmd() {
     })
     .unwrap();
     let spoofed0 = dp.drops("ip4-input", "source-not-allowed");
-    let sent = app.send_burst();
+    let sent = send_burst(&mut app);
     assert_eq!(sent, BURST);
     let got = drain(&receiver);
     assert_eq!(
@@ -486,9 +347,9 @@ fn a_memif_pod_served_by_testpmd() {
 
     // An application that sends from another address: all dropped.
     drop(app);
-    let mut app = Testpmd::start(&socket, &mac, (SPOOFED, &a_ip.to_string()));
+    let mut app = start_testpmd(&socket, &mac, (SPOOFED, &a_ip.to_string()));
     dp.wait_connected(&name, 2);
-    let sent = app.send_burst();
+    let sent = send_burst(&mut app);
     assert_eq!(sent, BURST);
     let got = drain(&receiver);
     assert!(got.is_empty(), "spoofed datagrams arrived: {got:?}");
@@ -524,7 +385,7 @@ fn a_memif_pod_served_by_testpmd() {
             lab.logs()
         );
     };
-    let mut app = Testpmd::start(&socket, &mac, (&m_ip.to_string(), &a_ip.to_string()));
+    let mut app = start_testpmd(&socket, &mac, (&m_ip.to_string(), &a_ip.to_string()));
     dp.wait_connected(&name, 1);
     app.run("start");
     assert!(

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use caracal_dataplane::buffer::{BufferCache, BufferPool, BufferPoolConfig, Frame, Meta};
 use caracal_dataplane::port::af_packet::{AfPacketConfig, AfPacketPort};
 use caracal_dataplane::port::{Port, PortId, PortKind};
+use caracal_testsupport::privileged;
 use caracal_wire::EthernetAddress;
-use common::{privileged, run, Netns};
+use common::{netns, Netns};
 
 /// A local experimental EtherType (IEEE 802): the kernel stack ignores it.
 const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
@@ -24,22 +25,8 @@ const BURST: usize = 32;
 /// A veth pair `a`/`b`, both up, in `ns`, with IPv6 off so the kernel
 /// sends nothing of its own on them.
 fn veth_pair(ns: &Netns) -> (String, String) {
-    let sysctl = |key: &str| {
-        let out = ns.exec(&["sysctl", "-qw", &format!("{key}=1")]);
-        assert!(out.status.success(), "sysctl {key}: {out:?}");
-    };
-    sysctl("net.ipv6.conf.all.disable_ipv6");
-    sysctl("net.ipv6.conf.default.disable_ipv6");
     let (a, b) = ("veth-a".to_owned(), "veth-b".to_owned());
-    run(
-        "ip",
-        &[
-            "-n", &ns.name, "link", "add", &a, "type", "veth", "peer", "name", &b,
-        ],
-    );
-    for ifname in [&a, &b] {
-        run("ip", &["-n", &ns.name, "link", "set", ifname, "up"]);
-    }
+    ns.veth_pair(&a, &b);
     (a, b)
 }
 
@@ -69,7 +56,7 @@ fn frames_cross_a_veth_pair_exactly_once() {
     if !privileged() {
         return;
     }
-    let ns = Netns::new("afp");
+    let ns = netns("afp");
     let (a, b) = veth_pair(&ns);
     let port = |ifname: &str| {
         let mut cfg = AfPacketConfig::new(ifname);
@@ -151,9 +138,9 @@ fn too_long_frames_are_counted_not_sent() {
     if !privileged() {
         return;
     }
-    let ns = Netns::new("afl");
+    let ns = netns("afl");
     let (a, _b) = veth_pair(&ns);
-    run("ip", &["-n", &ns.name, "link", "set", &a, "mtu", "1000"]);
+    ns.ip_ok(&["link", "set", &a, "mtu", "1000"]);
     let mut cfg = AfPacketConfig::new(&a);
     cfg.netns = Some(ns.path());
     let pa = AfPacketPort::create(&cfg).unwrap();

@@ -26,8 +26,9 @@ use caracal_dataplane::port::af_xdp::program::AttachMode;
 use caracal_dataplane::port::af_xdp::{AfXdpConfig, AfXdpPort, XdpMode};
 use caracal_dataplane::port::tap::run_in_netns;
 use caracal_dataplane::port::{Port, PortId, PortKind};
+use caracal_testsupport::privileged;
 use caracal_wire::{checksum, EthernetAddress};
-use common::{privileged, run, Netns};
+use common::{netns, Netns};
 
 const PACKETS: usize = 1000;
 const BURST: usize = 32;
@@ -41,17 +42,9 @@ const PORT_B: u16 = 40002;
 /// The veth pair, addressed, in `ns`, with IPv6 off so the kernel sends
 /// nothing of its own.
 fn veth_pair(ns: &Netns) {
-    for key in [
-        "net.ipv6.conf.all.disable_ipv6",
-        "net.ipv6.conf.default.disable_ipv6",
-    ] {
-        let out = ns.exec(&["sysctl", "-qw", &format!("{key}=1")]);
-        assert!(out.status.success(), "sysctl {key}: {out:?}");
-    }
+    ns.disable_ipv6();
     let ip = |args: &[&str]| {
-        let mut all = vec!["-n", &ns.name];
-        all.extend_from_slice(args);
-        run("ip", &all);
+        ns.ip_ok(args);
     };
     ip(&[
         "link", "add", "xdp-a", "type", "veth", "peer", "name", "xdp-b",
@@ -148,12 +141,12 @@ fn buffer_with(cache: &mut BufferCache, bytes: &[u8]) -> caracal_dataplane::buff
 
 /// Whether an XDP program is attached to `ifname`.
 fn has_xdp(ns: &Netns, ifname: &str) -> bool {
-    let out = run("ip", &["-n", &ns.name, "link", "show", "dev", ifname]);
+    let out = ns.ip_ok(&["link", "show", "dev", ifname]);
     String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
 }
 
 fn both_ways(mode: XdpMode) {
-    let ns = Netns::new("xdp");
+    let ns = netns("xdp");
     veth_pair(&ns);
     let mut cfg = AfXdpConfig::new("xdp-a");
     cfg.netns = Some(ns.path());
@@ -298,12 +291,9 @@ fn too_long_frames_are_counted_not_sent() {
     if !privileged() {
         return;
     }
-    let ns = Netns::new("xdl");
+    let ns = netns("xdl");
     veth_pair(&ns);
-    run(
-        "ip",
-        &["-n", &ns.name, "link", "set", "xdp-a", "mtu", "1000"],
-    );
+    ns.ip_ok(&["link", "set", "xdp-a", "mtu", "1000"]);
     let mut cfg = AfXdpConfig::new("xdp-a");
     cfg.netns = Some(ns.path());
     cfg.frames = 64;

@@ -6,22 +6,25 @@
 //! again without restarting anything, and deleting the interface tells
 //! the pod. Needs no privileges.
 
+mod common;
+
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use caracal_dataplane::buffer::{BufferCache, BufferPool, BufferPoolConfig, Frame, Meta};
+use caracal_dataplane::buffer::{BufferPool, BufferPoolConfig, Frame, Meta};
 use caracal_dataplane::graph::DropReason;
 use caracal_dataplane::model::{
     InterfaceKindSpec, InterfaceSpec, MemifMode, MemifRole, MemifRxMode, MemifSpec,
 };
 use caracal_dataplane::port::memif::{self, MemifConfig, MemifPort, SocketAddress};
-use caracal_dataplane::port::{Port, PortId, PortQueue};
+use caracal_dataplane::port::{Port, PortId};
 use caracal_dataplane::{Engine, EngineConfig, WorkerMode};
 use caracal_wire::{
     ArpOperation, ArpPacket, EtherType, EthernetAddress, EthernetFrame, IpProtocol, Ipv4Packet,
     UdpPacket,
 };
+use common::MemifPeer;
 
 const GATEWAY_MAC: EthernetAddress = EthernetAddress([0xee; 6]);
 const A: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 1);
@@ -68,66 +71,8 @@ fn pod_spec(name: &str, socket: &str, addr: Ipv4Addr, mac: EthernetAddress) -> I
 }
 
 /// The pod's end: one of our memif clients.
-struct Pod {
-    port: Arc<MemifPort>,
-    queue: Box<dyn PortQueue>,
-}
-
-impl Pod {
-    fn connect(socket: &str) -> Pod {
-        let port = MemifPort::create(&MemifConfig {
-            name: "eth0".into(),
-            socket: SocketAddress::parse(socket.as_ref()).unwrap(),
-            role: memif::Role::Client,
-            id: 0,
-            secret: None,
-            queues: 1,
-            mode: memif::Mode::Ethernet,
-            rx_mode: memif::RxMode::Polling,
-            ring_size: 256,
-            buffer_size: 0,
-            peer_mac: GATEWAY_MAC,
-            mtu: 1500,
-            hugepages: false,
-        })
-        .unwrap();
-        assert!(
-            port.wait_connected(Duration::from_secs(5)),
-            "{:?}",
-            port.status()
-        );
-        let queue = port.open_queue(0).unwrap();
-        Pod { port, queue }
-    }
-
-    fn send(&mut self, cache: &mut BufferCache, frames: &[Vec<u8>]) {
-        let mut out = Frame::new();
-        for f in frames {
-            let mut b = cache.alloc().unwrap();
-            let mut p = cache.pool().packet(&mut b);
-            *p.meta_mut() = Meta::received(PortId(0), f.len() as u16);
-            p.data_mut().copy_from_slice(f);
-            out.push(b);
-        }
-        self.queue.tx_burst(cache, &mut out);
-    }
-
-    /// Frames received within `wait`, stopping early once `want` came.
-    fn recv(&mut self, cache: &mut BufferCache, want: usize, wait: Duration) -> Vec<Vec<u8>> {
-        let deadline = Instant::now() + wait;
-        let mut got = Vec::new();
-        while got.len() < want && Instant::now() < deadline {
-            let mut out = Frame::new();
-            if self.queue.rx_burst(PortId(0), cache, &mut out) == 0 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            for mut b in out.drain() {
-                got.push(cache.pool().packet(&mut b).data().to_vec());
-                cache.free(b);
-            }
-        }
-        got
-    }
+fn connect_pod(socket: &str) -> MemifPeer {
+    MemifPeer::connect("eth0", socket, GATEWAY_MAC, Duration::from_secs(5))
 }
 
 fn udp4(src_mac: EthernetAddress, src: Ipv4Addr, dst: Ipv4Addr, len: usize, tag: u8) -> Vec<u8> {
@@ -178,12 +123,9 @@ fn arp_request(src_mac: EthernetAddress, src: Ipv4Addr, target: Ipv4Addr) -> Vec
     f
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// Waits (up to 5 s) until `cond` holds.
+fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    caracal_testsupport::wait_until(what, Duration::from_secs(5), Duration::from_millis(5), cond);
 }
 
 fn drops(engine: &Engine, reason: DropReason) -> u64 {
@@ -212,8 +154,8 @@ fn pods_on_memif_are_routed_answered_policed_and_reconnected() {
     })
     .unwrap();
     let mut cache = pool.cache();
-    let mut a = Pod::connect(&sa);
-    let mut b = Pod::connect(&sb);
+    let mut a = connect_pod(&sa);
+    let mut b = connect_pod(&sb);
     let wait = Duration::from_secs(2);
 
     // A → B, routed by the dataplane.
@@ -271,7 +213,7 @@ fn pods_on_memif_are_routed_answered_policed_and_reconnected() {
             .iter()
             .any(|i| i.spec.name == "default/a" && i.up)
     });
-    let mut a = Pod::connect(&sa);
+    let mut a = connect_pod(&sa);
     a.send(&mut cache, &[udp4(A_MAC, A, B, 100, 7)]);
     assert_eq!(b.recv(&mut cache, 1, wait).len(), 1);
 

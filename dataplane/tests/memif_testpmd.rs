@@ -36,17 +36,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use caracal_control::dataplane_client::DataplaneClient;
 use caracal_proto::dataplane as pb;
-use common::{block_on, counters, privileged, unique, Daemon};
+use caracal_testsupport::privileged;
+use caracal_testsupport::testpmd::{self, Interactive as Testpmd, PortStats};
+use common::{block_on, counters, unique, Daemon};
 
-const TESTPMD: &str = "dpdk-testpmd";
 /// Pod A's address, the source testpmd #1 sends from.
 const A: &str = "10.65.0.1";
 /// Pod B's address and a prefix routed to it.
@@ -61,26 +59,6 @@ const GATEWAY_MAC: &str = "ee:ee:ee:ee:ee:ee";
 const FRAME: u64 = 64;
 /// `start tx_first 4`: four bursts of testpmd's default 32.
 const EXACT: u64 = 4 * 32;
-
-/// Whether dpdk-testpmd is here; a skip, or under
-/// `CARACAL_REQUIRE_PRIVILEGED=1` a failure, when it is not.
-fn testpmd_available() -> bool {
-    let found = Command::new(TESTPMD)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if found {
-        return true;
-    }
-    assert!(
-        std::env::var("CARACAL_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "CARACAL_REQUIRE_PRIVILEGED=1 but {TESTPMD} is not installed (apt-get install dpdk-dev)"
-    );
-    eprintln!("skipped: {TESTPMD} is not installed");
-    false
-}
 
 /// A directory for the sockets, removed on drop.
 struct TempDir(PathBuf);
@@ -99,206 +77,44 @@ impl Drop for TempDir {
     }
 }
 
-/// NIC counters of testpmd's port 0.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct PortStats {
-    rx_packets: u64,
-    rx_bytes: u64,
-    tx_packets: u64,
-    tx_bytes: u64,
+/// Starts testpmd #`name` with `vdev` (`net_memif0,...`) in forwarding
+/// mode `fwd`, its forwarding core on `cpu` (its main core is the other).
+/// If the vdev is a memif server, its socket file goes on drop.
+fn start_testpmd(name: &str, vdev: &str, fwd: &str, cpu: usize, extra: &[&str]) -> Testpmd {
+    let main = 1 - cpu;
+    let socket = vdev
+        .split(',')
+        .any(|kv| kv == "role=server")
+        .then(|| {
+            vdev.split(',')
+                .find_map(|kv| kv.strip_prefix("socket="))
+                .map(PathBuf::from)
+        })
+        .flatten();
+    let cores = format!("{main},{cpu}");
+    let main = main.to_string();
+    let fwd = format!("--forward-mode={fwd}");
+    Testpmd::start(
+        name,
+        unique(name),
+        &[
+            "-l",
+            &cores,
+            "--main-lcore",
+            &main,
+            "--vdev",
+            vdev,
+            "--log-level",
+            "pmd.net.memif:info",
+        ],
+        &[&[fwd.as_str()], extra].concat(),
+        socket.into_iter().collect(),
+    )
 }
 
-/// One interactive dpdk-testpmd with a single memif port, killed (and
-/// its socket file and runtime directory removed) on drop.
-struct Testpmd {
-    name: &'static str,
-    child: Child,
-    stdin: ChildStdin,
-    output: Arc<Mutex<String>>,
-    prefix: String,
-    /// A socket file this testpmd creates (server role).
-    socket: Option<PathBuf>,
-}
-
-/// The line testpmd closes its statistics block with.
-const STATS_END: &str =
-    "  ############################################################################";
-
-impl Testpmd {
-    /// Starts testpmd with `vdev` (`net_memif0,...`) in forwarding mode
-    /// `fwd`, its forwarding core on `cpu` (its main core is the other).
-    fn start(name: &'static str, vdev: &str, fwd: &str, cpu: usize, extra: &[&str]) -> Testpmd {
-        let prefix = unique(name);
-        let main = 1 - cpu;
-        // testpmd prints through stdio, which a pipe makes block-buffered;
-        // stdbuf (coreutils) makes it line-buffered so output is seen as
-        // it happens.
-        let mut child = Command::new("stdbuf")
-            .args(["-oL", "-eL", TESTPMD])
-            .args([
-                "--no-huge",
-                "-m",
-                "256",
-                "--no-pci",
-                "--file-prefix",
-                &prefix,
-            ])
-            .args([
-                "-l",
-                &format!("{main},{cpu}"),
-                "--main-lcore",
-                &main.to_string(),
-            ])
-            .args(["--vdev", vdev, "--log-level", "pmd.net.memif:info"])
-            .args(["--", "-i", "--total-num-mbufs=16384"])
-            .arg(format!("--forward-mode={fwd}"))
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {TESTPMD}: {e}"));
-        let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let output = output.clone();
-            // Raw chunks, not lines: the prompt ends without a newline.
-            std::thread::spawn(move || {
-                let mut stream = stream;
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = stream.read(&mut buf) {
-                    output
-                        .lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
-        let stdin = child.stdin.take().unwrap();
-        let socket = vdev
-            .split(',')
-            .any(|kv| kv == "role=server")
-            .then(|| {
-                vdev.split(',')
-                    .find_map(|kv| kv.strip_prefix("socket="))
-                    .map(PathBuf::from)
-            })
-            .flatten();
-        let t = Testpmd {
-            name,
-            child,
-            stdin,
-            output,
-            prefix,
-            socket,
-        };
-        t.wait_for(0, "testpmd> ", Duration::from_secs(60));
-        t
-    }
-
-    fn output_len(&self) -> usize {
-        self.output.lock().unwrap().len()
-    }
-
-    fn since(&self, from: usize) -> String {
-        self.output.lock().unwrap()[from..].to_owned()
-    }
-
-    /// Waits until `text` appears in the output after byte `from`;
-    /// returns the position after it.
-    fn wait_for(&self, from: usize, text: &str, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let out = self.output.lock().unwrap();
-                if let Some(at) = out[from..].find(text) {
-                    return from + at + text.len();
-                }
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{}: no {text:?} within {timeout:?}; output:\n{}",
-                    self.name,
-                    self.since(0)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn cmd(&mut self, line: &str) {
-        writeln!(self.stdin, "{line}").unwrap_or_else(|e| panic!("{}: {line}: {e}", self.name));
-        self.stdin.flush().unwrap();
-    }
-
-    /// Runs a command and waits for the prompt that follows it.
-    fn run(&mut self, line: &str) -> String {
-        let from = self.output_len();
-        self.cmd(line);
-        let end = self.wait_for(from, "testpmd> ", Duration::from_secs(30));
-        self.output.lock().unwrap()[from..end].to_owned()
-    }
-
-    /// `show port stats 0`, parsed.
-    fn stats(&mut self) -> PortStats {
-        let from = self.output_len();
-        self.cmd("show port stats 0");
-        let end = self.wait_for(from, STATS_END, Duration::from_secs(30));
-        let text = self.output.lock().unwrap()[from..end].to_owned();
-        let field = |name: &str| -> u64 {
-            let at = text
-                .find(name)
-                .unwrap_or_else(|| panic!("{}: no {name} in:\n{text}", self.name));
-            text[at + name.len()..]
-                .trim_start()
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("{}: bad {name} in:\n{text}", self.name))
-        };
-        PortStats {
-            rx_packets: field("RX-packets:"),
-            rx_bytes: field("RX-bytes:"),
-            tx_packets: field("TX-packets:"),
-            tx_bytes: field("TX-bytes:"),
-        }
-    }
-
-    /// Polls the stats until `done` holds (or 20 s pass).
-    fn stats_until(&mut self, what: &str, done: impl Fn(&PortStats) -> bool) -> PortStats {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let s = self.stats();
-            if done(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: {what} never happened; last stats {s:?}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Dies without a word, as a crashing application does.
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Testpmd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(socket) = &self.socket {
-            let _ = std::fs::remove_file(socket);
-        }
-        let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&self.prefix));
-    }
+/// Port 0's stats, polled every 200 ms until `done` holds.
+fn stats_until(t: &mut Testpmd, what: &str, done: impl Fn(&PortStats) -> bool) -> PortStats {
+    t.port_stats_until(0, what, Duration::from_millis(200), done)
 }
 
 fn memif_vdev(role: &str, socket: &Path, mac: Option<&str>) -> String {
@@ -428,11 +244,11 @@ fn exact_phase(client: &DataplaneClient, tx: &mut Testpmd, rx: &mut Testpmd) {
         port_counters(client, "pod-a"),
         port_counters(client, "pod-b"),
     );
-    let rx0 = rx.stats();
-    let tx0 = tx.stats();
+    let rx0 = rx.port_stats(0);
+    let tx0 = tx.port_stats(0);
     let seen = rx.output_len();
     tx.run("start tx_first 4");
-    let tx1 = tx.stats_until("128 packets sent", |s| {
+    let tx1 = stats_until(tx, "128 packets sent", |s| {
         s.tx_packets >= tx0.tx_packets + EXACT
     });
     tx.run("stop");
@@ -441,7 +257,7 @@ fn exact_phase(client: &DataplaneClient, tx: &mut Testpmd, rx: &mut Testpmd) {
         EXACT,
         "testpmd #1 sent 4 bursts"
     );
-    let rx1 = rx.stats_until("128 packets received", |s| {
+    let rx1 = stats_until(rx, "128 packets received", |s| {
         s.rx_packets >= rx0.rx_packets + EXACT
     });
     assert_eq!(rx1.rx_packets - rx0.rx_packets, EXACT);
@@ -487,14 +303,14 @@ fn load_phase(client: &DataplaneClient, tx: &mut Testpmd, rx: &mut Testpmd) {
         port_counters(client, "pod-a"),
         port_counters(client, "pod-b"),
     );
-    let (tx0, rx0) = (tx.stats(), rx.stats());
+    let (tx0, rx0) = (tx.port_stats(0), rx.port_stats(0));
     tx.run("set fwd txonly");
     tx.run("start");
     std::thread::sleep(Duration::from_secs(2));
     tx.run("stop");
-    let tx1 = tx.stats();
+    let tx1 = tx.port_stats(0);
     let (a1, b1) = wait_drained(client, "pod-a", "pod-b");
-    let rx1 = rx.stats_until("testpmd #2 caught up", |s| {
+    let rx1 = stats_until(rx, "testpmd #2 caught up", |s| {
         s.rx_packets - rx0.rx_packets == b1.tx_packets - b0.tx_packets
     });
     let sent = tx1.tx_packets - tx0.tx_packets;
@@ -534,7 +350,7 @@ fn tx_extra() -> Vec<String> {
 
 #[test]
 fn testpmd_clients_talk_through_a_caracal_memif_server() {
-    if !privileged() || !testpmd_available() {
+    if !privileged() || !testpmd::available() {
         return;
     }
     let dir = TempDir::new();
@@ -549,7 +365,7 @@ fn testpmd_clients_talk_through_a_caracal_memif_server() {
         "the server made its sockets"
     );
 
-    let mut rx = Testpmd::start(
+    let mut rx = start_testpmd(
         "rx",
         &memif_vdev("client", &sock_b, Some(RX_MAC)),
         "rxonly",
@@ -558,7 +374,7 @@ fn testpmd_clients_talk_through_a_caracal_memif_server() {
     );
     let extra = tx_extra();
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let mut tx = Testpmd::start("tx", &memif_vdev("client", &sock_a, None), "io", 1, &extra);
+    let mut tx = start_testpmd("tx", &memif_vdev("client", &sock_a, None), "io", 1, &extra);
     let status = wait_memif(&client, "pod-a", true);
     assert!(status.peer_name.starts_with("DPDK"), "{status:?}");
     assert_eq!(status.peer_interface, "net_memif0");
@@ -575,7 +391,7 @@ fn testpmd_clients_talk_through_a_caracal_memif_server() {
     tx.kill();
     let status = wait_memif(&client, "pod-a", false);
     assert_eq!(status.last_disconnect, "peer closed the socket");
-    let mut tx = Testpmd::start("tx2", &memif_vdev("client", &sock_a, None), "io", 1, &extra);
+    let mut tx = start_testpmd("tx2", &memif_vdev("client", &sock_a, None), "io", 1, &extra);
     let status = wait_memif(&client, "pod-a", true);
     assert_eq!((status.connects, status.disconnects), (2, 1));
     rx.run("set verbose 1");
@@ -589,7 +405,7 @@ fn testpmd_clients_talk_through_a_caracal_memif_server() {
 
 #[test]
 fn a_caracal_memif_client_talks_to_testpmd_servers() {
-    if !privileged() || !testpmd_available() {
+    if !privileged() || !testpmd::available() {
         return;
     }
     let dir = TempDir::new();
@@ -597,7 +413,7 @@ fn a_caracal_memif_client_talks_to_testpmd_servers() {
     let daemon = Daemon::start(&[]);
     let client = daemon.client();
 
-    let mut rx = Testpmd::start(
+    let mut rx = start_testpmd(
         "srx",
         &memif_vdev("server", &sock_b, Some(RX_MAC)),
         "rxonly",
@@ -606,7 +422,7 @@ fn a_caracal_memif_client_talks_to_testpmd_servers() {
     );
     let extra = tx_extra();
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let mut tx = Testpmd::start("stx", &memif_vdev("server", &sock_a, None), "io", 1, &extra);
+    let mut tx = start_testpmd("stx", &memif_vdev("server", &sock_a, None), "io", 1, &extra);
     add_memif(&client, "pod-a", &sock_a, pb::MemifRole::Client, A, "");
     add_memif(&client, "pod-b", &sock_b, pb::MemifRole::Client, B, RX_MAC);
     add_route(&client, ROUTED, "pod-b");
@@ -625,7 +441,7 @@ fn a_caracal_memif_client_talks_to_testpmd_servers() {
     wait_memif(&client, "pod-a", false);
     let _ = std::fs::remove_file(&sock_a);
     std::thread::sleep(Duration::from_millis(300));
-    let mut tx = Testpmd::start(
+    let mut tx = start_testpmd(
         "stx2",
         &memif_vdev("server", &sock_a, None),
         "io",

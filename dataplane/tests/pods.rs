@@ -16,6 +16,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use caracal_dataplane::port::tap::run_in_netns;
+use caracal_testsupport::privileged;
 use common::*;
 
 struct TwoPods {
@@ -31,8 +32,8 @@ const B6: &str = "fd00:65::2";
 
 fn two_pods() -> TwoPods {
     let daemon = Daemon::start(&[]);
-    let a = Netns::new("a");
-    let b = Netns::new("b");
+    let a = netns("a");
+    let b = netns("b");
     let client = daemon.client();
     add_tap_pod(
         &client,
@@ -338,7 +339,7 @@ fn sigterm_removes_the_taps() {
     assert!(pods.daemon.stop(), "dataplane exits 0 on SIGTERM");
     for ns in [&pods.a, &pods.b] {
         let out = ns.exec(&["ip", "link", "show", "eth0"]);
-        assert!(!out.status.success(), "tap still present in {}", ns.name);
+        assert!(!out.status.success(), "tap still present in {}", ns.name());
     }
     assert!(!pods.daemon.socket.exists(), "API socket removed");
 }

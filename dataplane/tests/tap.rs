@@ -10,9 +10,6 @@
 //! failure (for CI machines that are meant to run them).
 
 use std::net::{Ipv4Addr, SocketAddrV4, SocketAddrV6, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use caracal_dataplane::buffer::{
@@ -20,6 +17,7 @@ use caracal_dataplane::buffer::{
 };
 use caracal_dataplane::port::tap::{run_in_netns, PodNetConfig, TapConfig, TapError, TapPort};
 use caracal_dataplane::port::{Port, PortId, PortQueue};
+use caracal_testsupport::{privileged, unique, Netns};
 use caracal_wire::{
     ArpOperation, ArpPacket, EtherType, EthernetAddress, EthernetFrame, IpProtocol, Ipv4Packet,
     Ipv6Packet, UdpPacket,
@@ -30,92 +28,25 @@ const GATEWAY_MAC: EthernetAddress = EthernetAddress([0xee; 6]);
 const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 const RX_PORT: PortId = PortId(7);
 
-/// Whether the privileged tests can run here; see the module docs.
-fn privileged() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .expect("Uid line in /proc/self/status");
-    if euid == "0" {
-        return true;
-    }
-    assert!(
-        std::env::var("CARACAL_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "CARACAL_REQUIRE_PRIVILEGED=1 but the tap tests need root"
-    );
-    println!("skipped: not root");
-    false
+/// A fresh network namespace (`lo` down, as the kernel makes it),
+/// deleted on drop (panics included).
+fn netns() -> Netns {
+    Netns::without_loopback(unique("caracal-t-", "tap"))
 }
 
-/// A uniquely named network namespace, deleted on drop (panics included).
-struct Netns {
-    name: String,
-    path: PathBuf,
+/// `ip -n NAME -j ARGS...`, parsed.
+fn ip_json(ns: &Netns, args: &[&str]) -> Value {
+    let out = ns.ip_ok(&[&["-j"], args].concat());
+    serde_json::from_slice(&out.stdout).expect("ip -j prints JSON")
 }
 
-impl Netns {
-    fn new() -> Netns {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "caracal-t-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let path = PathBuf::from("/var/run/netns").join(&name);
-        Netns { name, path }
-    }
-
-    /// `ip -n NAME ARGS...`.
-    fn ip(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .expect("run ip")
-    }
-
-    /// `ip -n NAME -j ARGS...`, parsed.
-    fn ip_json(&self, args: &[&str]) -> Value {
-        let out = Command::new("ip")
-            .args(["-n", &self.name, "-j"])
-            .args(args)
-            .output()
-            .expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("ip -j prints JSON")
-    }
-
-    fn has_link(&self, ifname: &str) -> bool {
-        self.ip(&["link", "show", "dev", ifname]).status.success()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+fn has_link(ns: &Netns, ifname: &str) -> bool {
+    ns.ip(&["link", "show", "dev", ifname]).status.success()
 }
 
 fn pod_config(ns: &Netns, ifname: &str, addresses: &[&str]) -> TapConfig {
     TapConfig {
-        netns: ns.path.clone(),
+        netns: ns.path(),
         ifname: ifname.into(),
         queues: 2,
         mtu: 1400,
@@ -217,7 +148,7 @@ fn udp4_frame(
 /// Asserts what `ip` shows inside the pod: MTU, MAC, addresses without
 /// DAD, and the Calico gateway routes.
 fn assert_pod_side(ns: &Netns, port: &TapPort) {
-    let links = ns.ip_json(&["link", "show", "dev", "eth0"]);
+    let links = ip_json(ns, &["link", "show", "dev", "eth0"]);
     let link = &links[0];
     assert_eq!(link["ifindex"], u64::from(port.ifindex()), "{link}");
     assert_eq!(link["mtu"], 1400, "{link}");
@@ -227,7 +158,7 @@ fn assert_pod_side(ns: &Netns, port: &TapPort) {
         "{link}"
     );
 
-    let addrs = ns.ip_json(&["addr", "show", "dev", "eth0"]);
+    let addrs = ip_json(ns, &["addr", "show", "dev", "eth0"]);
     let infos = addrs[0]["addr_info"].as_array().expect("addr_info").clone();
     let find = |family: &str, local: &str| {
         infos
@@ -242,7 +173,7 @@ fn assert_pod_side(ns: &Netns, port: &TapPort) {
     assert_eq!(v6["nodad"], true, "{v6}");
     assert!(v6.get("tentative").is_none(), "DAD still running: {v6}");
 
-    let routes4 = ns.ip_json(&["-4", "route", "show"]);
+    let routes4 = ip_json(ns, &["-4", "route", "show"]);
     let routes4 = routes4.as_array().unwrap();
     assert!(
         routes4
@@ -256,7 +187,7 @@ fn assert_pod_side(ns: &Netns, port: &TapPort) {
             .any(|r| r["dst"] == "default" && r["gateway"] == "169.254.1.1" && r["dev"] == "eth0"),
         "{routes4:?}"
     );
-    let routes6 = ns.ip_json(&["-6", "route", "show"]);
+    let routes6 = ip_json(ns, &["-6", "route", "show"]);
     assert!(
         routes6
             .as_array()
@@ -274,7 +205,7 @@ fn tap_pod_gets_configured_and_passes_traffic_both_ways() {
     if !privileged() {
         return;
     }
-    let ns = Netns::new();
+    let ns = netns();
     let pool = BufferPool::new(&BufferPoolConfig {
         buffers: 1024,
         hugepages: false,
@@ -289,7 +220,7 @@ fn tap_pod_gets_configured_and_passes_traffic_both_ways() {
     // A second tap of the same name is refused and the first one stays.
     let again = TapPort::create(&cfg).expect_err("same name twice");
     assert!(matches!(again, TapError::Exists { .. }), "{again}");
-    assert!(ns.has_link("eth0"));
+    assert!(has_link(&ns, "eth0"));
 
     assert_pod_side(&ns, &port);
 
@@ -302,7 +233,7 @@ fn tap_pod_gets_configured_and_passes_traffic_both_ways() {
 
     // Pod -> dataplane: the pod's first packet off-link makes its kernel
     // ARP for the gateway, which must come out of one of the queues.
-    run_in_netns(&ns.path, || {
+    run_in_netns(&ns.path(), || {
         UdpSocket::bind("0.0.0.0:0")?.send_to(b"hello", "10.99.0.1:9")
     })
     .expect("enter the pod")
@@ -332,7 +263,7 @@ fn tap_pod_gets_configured_and_passes_traffic_both_ways() {
 
     // Dataplane -> pod: a UDP datagram written to a queue reaches a socket
     // bound in the pod.
-    let receiver = run_in_netns(&ns.path, || UdpSocket::bind("10.99.0.2:7777"))
+    let receiver = run_in_netns(&ns.path(), || UdpSocket::bind("10.99.0.2:7777"))
         .expect("enter the pod")
         .expect("bind in the pod");
     receiver
@@ -374,7 +305,7 @@ fn tap_pod_gets_configured_and_passes_traffic_both_ways() {
         .status
         .success());
     let ifindex = port.ifindex();
-    run_in_netns(&ns.path, || -> std::io::Result<()> {
+    run_in_netns(&ns.path(), || -> std::io::Result<()> {
         let socket = UdpSocket::bind("[::]:0")?;
         let all_nodes = SocketAddrV6::new("ff02::1".parse().unwrap(), 7778, 0, ifindex);
         socket.send_to(&[0x55; 3000], all_nodes)?;
@@ -411,7 +342,7 @@ fn tap_pod_gets_configured_and_passes_traffic_both_ways() {
     drop(port);
     drop(cache);
     assert_eq!(pool.in_use(), 0);
-    assert!(!ns.has_link("eth0"), "the tap outlived its port");
+    assert!(!has_link(&ns, "eth0"), "the tap outlived its port");
 }
 
 #[test]
@@ -419,10 +350,10 @@ fn failed_pod_configuration_leaves_no_tap_behind() {
     if !privileged() {
         return;
     }
-    let ns = Netns::new();
+    let ns = netns();
     // New devices in this namespace get IPv6 disabled, so adding the
     // pod's IPv6 address fails after the tap exists.
-    run_in_netns(&ns.path, || {
+    run_in_netns(&ns.path(), || {
         std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")
     })
     .expect("enter the pod")
@@ -437,7 +368,7 @@ fn failed_pod_configuration_leaves_no_tap_behind() {
         other => panic!("expected a netlink error, got {other}"),
     }
     assert!(
-        !ns.has_link("eth1"),
+        !has_link(&ns, "eth1"),
         "a failed creation left the tap behind"
     );
 }

@@ -10,15 +10,12 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use caracal_control::dataplane_client::{runtime_delta, DataplaneClient};
-use caracal_dataplane::buffer::{BufferCache, BufferPool, BufferPoolConfig, Frame, Meta};
-use caracal_dataplane::port::memif::{self, MemifConfig, MemifPort, SocketAddress};
-use caracal_dataplane::port::{Port, PortId, PortQueue};
+use caracal_dataplane::buffer::{BufferCache, BufferPool, BufferPoolConfig};
 use caracal_wire::EthernetAddress;
-use common::{block_on, Daemon};
+use common::{block_on, Daemon, MemifPeer};
 
 /// Frames per direction.
 const FRAMES: usize = 5_000;
@@ -26,66 +23,13 @@ const FRAMES: usize = 5_000;
 const BURST: usize = 32;
 
 /// One of our memif clients, the peer of one of the dataplane's ports.
-struct Peer {
-    port: Arc<MemifPort>,
-    queue: Box<dyn PortQueue>,
-}
-
-impl Peer {
-    fn connect(socket: &str) -> Peer {
-        let port = MemifPort::create(&MemifConfig {
-            name: "peer".into(),
-            socket: SocketAddress::parse(socket.as_ref()).unwrap(),
-            role: memif::Role::Client,
-            id: 0,
-            secret: None,
-            queues: 1,
-            mode: memif::Mode::Ethernet,
-            rx_mode: memif::RxMode::Polling,
-            ring_size: 256,
-            buffer_size: 0,
-            peer_mac: EthernetAddress::BROADCAST,
-            mtu: 1500,
-            hugepages: false,
-        })
-        .unwrap();
-        assert!(
-            port.wait_connected(Duration::from_secs(10)),
-            "{:?}",
-            port.status()
-        );
-        let queue = port.open_queue(0).unwrap();
-        Peer { port, queue }
-    }
-
-    fn send(&mut self, cache: &mut BufferCache, frames: &[Vec<u8>]) {
-        let mut out = Frame::new();
-        for f in frames {
-            let mut b = cache.alloc().unwrap();
-            let mut p = cache.pool().packet(&mut b);
-            *p.meta_mut() = Meta::received(PortId(0), f.len() as u16);
-            p.data_mut().copy_from_slice(f);
-            out.push(b);
-        }
-        self.queue.tx_burst(cache, &mut out);
-    }
-
-    /// Frames received within a few seconds, stopping once `want` came.
-    fn recv(&mut self, cache: &mut BufferCache, want: usize) -> Vec<Vec<u8>> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut got = Vec::new();
-        while got.len() < want && Instant::now() < deadline {
-            let mut out = Frame::new();
-            if self.queue.rx_burst(PortId(0), cache, &mut out) == 0 {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            for mut b in out.drain() {
-                got.push(cache.pool().packet(&mut b).data().to_vec());
-                cache.free(b);
-            }
-        }
-        got
-    }
+fn connect_peer(socket: &str) -> MemifPeer {
+    MemifPeer::connect(
+        "peer",
+        socket,
+        EthernetAddress::BROADCAST,
+        Duration::from_secs(10),
+    )
 }
 
 /// Frame `i`: 60 to 1514 bytes, contents unique to it. Not even an
@@ -98,13 +42,13 @@ fn frame(i: usize, tag: u8) -> Vec<u8> {
 }
 
 /// Sends every frame from `from` and checks each arrives intact at `to`.
-fn pass(from: &mut Peer, to: &mut Peer, cache: &mut BufferCache, tag: u8) {
+fn pass(from: &mut MemifPeer, to: &mut MemifPeer, cache: &mut BufferCache, tag: u8) {
     for start in (0..FRAMES).step_by(BURST) {
         let frames: Vec<Vec<u8>> = (start..(start + BURST).min(FRAMES))
             .map(|i| frame(i, tag))
             .collect();
         from.send(cache, &frames);
-        let got = to.recv(cache, frames.len());
+        let got = to.recv(cache, frames.len(), Duration::from_secs(5));
         assert_eq!(
             got.len(),
             frames.len(),
@@ -161,8 +105,8 @@ memif = {{ socket = "{sock_b}", role = "server", queues = 1 }}
     })
     .unwrap();
     let mut cache = pool.cache();
-    let mut a = Peer::connect(&sock_a);
-    let mut b = Peer::connect(&sock_b);
+    let mut a = connect_peer(&sock_a);
+    let mut b = connect_peer(&sock_b);
 
     let before = block_on(client.runtime()).expect("GetRuntime");
     pass(&mut a, &mut b, &mut cache, 0x00);

@@ -18,79 +18,31 @@
 //!   memif servers, the generator a client of each: the "memif I/O floor"
 //!   peer of the comparison harness. Needs root and `dpdk-testpmd`.
 //!
+//! The tests take turns (one engine at a time): each generator busy-polls
+//! its ports, and two at once on this 2-core machine would starve each
+//! other's receivers into ring overflows that are no fault of the ports.
+//!
 //! Missing root or testpmd is a skip, unless `CARACAL_REQUIRE_PRIVILEGED=1`,
 //! which makes it a failure. Rates are never asserted (shared machine).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use caracal_perf::pktgen::{Engine, PktgenConfig, Rate, Report, RunPlan, TrafficSpec};
+use caracal_testsupport::{privileged, testpmd, wait_until, Netns};
 
-fn require_privileged() -> bool {
-    std::env::var("CARACAL_REQUIRE_PRIVILEGED").as_deref() == Ok("1")
+/// This test's turn (see the module docs); a test that failed while
+/// holding it does not block the others.
+fn turn() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// True when running as root; a skip (or, under
-/// `CARACAL_REQUIRE_PRIVILEGED=1`, a failure) otherwise.
-fn privileged() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root {
-        assert!(
-            !require_privileged(),
-            "CARACAL_REQUIRE_PRIVILEGED=1 but this test needs root"
-        );
-        eprintln!("skipped: not root");
-    }
-    root
-}
-
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// A name unique to this process and call.
+/// A name unique to this process and call (prefix `pg`).
 fn unique(tag: &str) -> String {
-    format!(
-        "pg{}{}-{tag}",
-        std::process::id() % 100_000,
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = unique(tag);
-        run("ip", &["netns", "add", &name]);
-        Netns(name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+    caracal_testsupport::unique("pg", tag)
 }
 
 fn base_config() -> PktgenConfig {
@@ -128,6 +80,7 @@ fn assert_exact(r: &Report, count: u64) {
 
 #[test]
 fn memif_client_to_memif_server_in_process() {
+    let _turn = turn();
     let socket = format!("@{}", unique("memif"));
     let mut cfg = base_config();
     cfg.tx = Some(
@@ -176,6 +129,7 @@ fn memif_client_to_memif_server_in_process() {
 /// rather than starving the receiver).
 #[test]
 fn one_core_alternates_tx_and_rx() {
+    let _turn = turn();
     let socket = format!("@{}", unique("memif1c"));
     let mut cfg = base_config();
     cfg.tx = Some(
@@ -201,6 +155,7 @@ fn one_core_alternates_tx_and_rx() {
 
 #[test]
 fn jumbo_frames_memif_client_to_memif_server() {
+    let _turn = turn();
     let socket = format!("@{}", unique("memifj"));
     let mut cfg = base_config();
     cfg.tx = Some(
@@ -232,6 +187,7 @@ fn jumbo_frames_memif_client_to_memif_server() {
 
 #[test]
 fn a_frame_above_the_largest_is_refused() {
+    let _turn = turn();
     let socket = format!("@{}", unique("memifbig"));
     let mut cfg = base_config();
     cfg.tx = Some(
@@ -247,40 +203,26 @@ fn a_frame_above_the_largest_is_refused() {
 /// A namespace holding a veth pair `pg-a`/`pg-b`, both up, with IPv6 off
 /// so the kernel sends nothing of its own on them.
 fn veth_netns(tag: &str) -> Netns {
-    let ns = Netns::new(tag);
-    let exec = |args: &[&str]| {
-        let mut all = vec!["netns", "exec", &ns.0];
-        all.extend_from_slice(args);
-        run("ip", &all);
-    };
-    exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-    exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-    run(
-        "ip",
-        &[
-            "-n", &ns.0, "link", "add", "pg-a", "type", "veth", "peer", "name", "pg-b",
-        ],
-    );
-    for ifname in ["pg-a", "pg-b"] {
-        run("ip", &["-n", &ns.0, "link", "set", ifname, "up"]);
-    }
+    let ns = Netns::without_loopback(unique(tag));
+    ns.veth_pair("pg-a", "pg-b");
     ns
 }
 
 #[test]
 fn af_packet_over_a_veth_pair_in_a_netns() {
+    let _turn = turn();
     if !privileged() {
         return;
     }
     let ns = veth_netns("afp");
     let mut cfg = base_config();
     cfg.tx = Some(
-        format!("af_packet:iface=pg-a,netns={}", ns.0)
+        format!("af_packet:iface=pg-a,netns={}", ns.name())
             .parse()
             .unwrap(),
     );
     cfg.rx = Some(
-        format!("af_packet:iface=pg-b,netns={}", ns.0)
+        format!("af_packet:iface=pg-b,netns={}", ns.name())
             .parse()
             .unwrap(),
     );
@@ -299,18 +241,19 @@ fn af_packet_over_a_veth_pair_in_a_netns() {
 
 #[test]
 fn jumbo_frames_af_packet_over_a_veth_pair_with_mtu_9000() {
+    let _turn = turn();
     if !privileged() {
         return;
     }
     let ns = veth_netns("afpj");
     let mut cfg = base_config();
     cfg.tx = Some(
-        format!("af_packet:iface=pg-a,netns={}", ns.0)
+        format!("af_packet:iface=pg-a,netns={}", ns.name())
             .parse()
             .unwrap(),
     );
     cfg.rx = Some(
-        format!("af_packet:iface=pg-b,netns={}", ns.0)
+        format!("af_packet:iface=pg-b,netns={}", ns.name())
             .parse()
             .unwrap(),
     );
@@ -322,7 +265,7 @@ fn jumbo_frames_af_packet_over_a_veth_pair_with_mtu_9000() {
         "{err}"
     );
     for ifname in ["pg-a", "pg-b"] {
-        run("ip", &["-n", &ns.0, "link", "set", ifname, "mtu", "9000"]);
+        ns.ip_ok(&["link", "set", ifname, "mtu", "9000"]);
     }
     let mut engine = Engine::open(&cfg).expect("open af_packet ports");
     let count = 20_000;
@@ -346,7 +289,11 @@ fn jumbo_frames_af_packet_over_a_veth_pair_with_mtu_9000() {
     assert_eq!(engine.buffers_in_use(), 0);
 
     // AF_XDP carries one UMEM frame per packet: refused, naming why.
-    cfg.tx = Some(format!("af_xdp:iface=pg-a,netns={}", ns.0).parse().unwrap());
+    cfg.tx = Some(
+        format!("af_xdp:iface=pg-a,netns={}", ns.name())
+            .parse()
+            .unwrap(),
+    );
     cfg.rx = None;
     drop(engine);
     let err = Engine::open(&cfg).unwrap_err().to_string();
@@ -355,13 +302,22 @@ fn jumbo_frames_af_packet_over_a_veth_pair_with_mtu_9000() {
 
 #[test]
 fn af_xdp_over_a_veth_pair_in_a_netns() {
+    let _turn = turn();
     if !privileged() {
         return;
     }
     let ns = veth_netns("axdp");
     let mut cfg = base_config();
-    cfg.tx = Some(format!("af_xdp:iface=pg-a,netns={}", ns.0).parse().unwrap());
-    cfg.rx = Some(format!("af_xdp:iface=pg-b,netns={}", ns.0).parse().unwrap());
+    cfg.tx = Some(
+        format!("af_xdp:iface=pg-a,netns={}", ns.name())
+            .parse()
+            .unwrap(),
+    );
+    cfg.rx = Some(
+        format!("af_xdp:iface=pg-b,netns={}", ns.name())
+            .parse()
+            .unwrap(),
+    );
     cfg.traffic.sizes = caracal_perf::pktgen::FrameSizes::Imix;
     let mut engine = Engine::open(&cfg).expect("open af_xdp ports");
     let count = 20_000;
@@ -384,18 +340,19 @@ fn af_xdp_over_a_veth_pair_in_a_netns() {
 
 #[test]
 fn af_packet_into_af_xdp() {
+    let _turn = turn();
     if !privileged() {
         return;
     }
     let ns = veth_netns("pxdp");
     let mut cfg = base_config();
     cfg.tx = Some(
-        format!("af_packet:iface=pg-a,netns={}", ns.0)
+        format!("af_packet:iface=pg-a,netns={}", ns.name())
             .parse()
             .unwrap(),
     );
     cfg.rx = Some(
-        format!("af_xdp:iface=pg-b,netns={},mode=copy", ns.0)
+        format!("af_xdp:iface=pg-b,netns={},mode=copy", ns.name())
             .parse()
             .unwrap(),
     );
@@ -410,45 +367,10 @@ fn af_packet_into_af_xdp() {
     assert_eq!(engine.buffers_in_use(), 0);
 }
 
-/// dpdk-testpmd with two memif servers, forwarding between them (io),
-/// killed and cleaned up on drop.
-struct Testpmd {
-    child: Child,
-    prefix: String,
-    sockets: Vec<PathBuf>,
-}
-
-impl Drop for Testpmd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for s in &self.sockets {
-            let _ = std::fs::remove_file(s);
-        }
-        let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&self.prefix));
-    }
-}
-
-fn testpmd_available() -> bool {
-    let found = Command::new("dpdk-testpmd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            !require_privileged(),
-            "CARACAL_REQUIRE_PRIVILEGED=1 but dpdk-testpmd is not installed"
-        );
-        eprintln!("skipped: dpdk-testpmd is not installed");
-    }
-    found
-}
-
 #[test]
 fn through_testpmd_io_forwarding_between_two_memifs() {
-    if !privileged() || !testpmd_available() {
+    let _turn = turn();
+    if !privileged() || !testpmd::available() {
         return;
     }
     let dir = std::env::temp_dir().join(unique("tp"));
@@ -461,15 +383,9 @@ fn through_testpmd_io_forwarding_between_two_memifs() {
             s.display()
         )
     };
-    let child = Command::new("dpdk-testpmd")
-        .args([
-            "--no-huge",
-            "-m",
-            "256",
-            "--no-pci",
-            "--file-prefix",
-            &prefix,
-        ])
+    // Forwards between the two memif servers (io) until killed on drop.
+    let child = Command::new(testpmd::TESTPMD)
+        .args(testpmd::eal_args(&prefix))
         .args(["-l", "0,1", "--main-lcore", "0"])
         .args(["--vdev", &vdev(0, &a), "--vdev", &vdev(1, &b)])
         .args(["--", "--forward-mode=io", "--total-num-mbufs=16384"])
@@ -479,16 +395,13 @@ fn through_testpmd_io_forwarding_between_two_memifs() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start dpdk-testpmd");
-    let _testpmd = Testpmd {
-        child,
-        prefix,
-        sockets: vec![a.clone(), b.clone()],
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(a.exists() && b.exists()) {
-        assert!(Instant::now() < deadline, "testpmd made no sockets");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _testpmd = testpmd::Guard::new(child, prefix, vec![a.clone(), b.clone()]);
+    wait_until(
+        "testpmd made no sockets",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || a.exists() && b.exists(),
+    );
 
     let mut cfg = base_config();
     cfg.tx = Some(

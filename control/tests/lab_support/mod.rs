@@ -1,35 +1,14 @@
-//! Shared scaffolding for the lab's privileged tests: the root check, a
-//! lab in a private state folder driven through `caracalctl lab`, and
-//! running code inside a pod's network namespace.
+//! Shared scaffolding for the lab's privileged tests: a lab in a private
+//! state folder driven through `caracalctl lab`, and probes from a pod's
+//! network namespace. The root check and running code inside a namespace
+//! are `caracal-testsupport`'s, re-exported here.
 #![allow(dead_code)]
 
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
+pub use caracal_testsupport::{in_netns, privileged};
 use serde_json::Value;
-
-/// Whether the test runs as root; a skip, or under
-/// `CARACAL_REQUIRE_PRIVILEGED=1` a failure, when it does not.
-pub fn privileged() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false);
-    if root {
-        return true;
-    }
-    assert!(
-        std::env::var("CARACAL_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "CARACAL_REQUIRE_PRIVILEGED=1 but the lab test needs root"
-    );
-    eprintln!("skipped: not root");
-    false
-}
 
 /// A lab in a private state folder; `lab down` on drop.
 pub struct TestLab {
@@ -128,21 +107,6 @@ impl Drop for TestLab {
             let _ = std::fs::remove_dir_all(root);
         }
     }
-}
-
-/// Runs `f` on a thread inside the network namespace `netns` (a name
-/// under /var/run/netns); sockets it opens stay in that namespace.
-pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let ns =
-                std::fs::File::open(Path::new("/var/run/netns").join(netns)).expect("open netns");
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .unwrap()
-    })
 }
 
 /// One ICMP echo from `netns` to `ip`, answered within 2 s.

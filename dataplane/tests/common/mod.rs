@@ -1,106 +1,37 @@
-//! Shared scaffolding for the privileged integration tests: network
-//! namespaces that clean up after themselves, the real `caracal-dataplane`
-//! binary as a child process, and a gRPC client to it.
+//! Scaffolding of the dataplane's integration tests: the real
+//! `caracal-dataplane` binary as a child process and a gRPC client to
+//! it, and our own memif client as a pod. What every crate's tests share (root check, namespaces, commands)
+//! is `caracal-testsupport`'s.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caracal_control::dataplane_client::DataplaneClient;
+use caracal_dataplane::buffer::{BufferCache, Frame, Meta};
+use caracal_dataplane::port::memif::{self, MemifConfig, MemifPort, SocketAddress};
+use caracal_dataplane::port::{Port, PortId, PortQueue};
 use caracal_proto::dataplane as pb;
+pub use caracal_testsupport::Netns;
+use caracal_testsupport::{wait_until, Process};
+use caracal_wire::EthernetAddress;
 
-/// True when the test may run; false (after saying so) when it must be
-/// skipped. With `CARACAL_REQUIRE_PRIVILEGED=1` (CI) a missing privilege
-/// is a failure, never a skip.
-pub fn privileged() -> bool {
-    // Effective uid from /proc: no libc call, so no unsafe.
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false);
-    if root {
-        return true;
-    }
-    assert!(
-        std::env::var("CARACAL_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "CARACAL_REQUIRE_PRIVILEGED=1 but this test needs root"
-    );
-    eprintln!("skipped: not root");
-    false
-}
-
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// A name unique to this process and call, short enough for an ifname.
+/// A name unique to this process and call (prefix `cr`), short enough
+/// for an ifname.
 pub fn unique(tag: &str) -> String {
-    format!(
-        "cr{}{}-{}",
-        std::process::id() % 100_000,
-        SEQ.fetch_add(1, Ordering::Relaxed),
-        tag
-    )
+    caracal_testsupport::unique("cr", tag)
 }
 
-/// A network namespace, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        let name = unique(tag);
-        run("ip", &["netns", "add", &name]);
-        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
-        Netns { name }
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/var/run/netns").join(&self.name)
-    }
-
-    /// Runs a command inside the namespace.
-    pub fn exec(&self, cmd: &[&str]) -> Output {
-        let mut args = vec!["netns", "exec", &self.name];
-        args.extend_from_slice(cmd);
-        Command::new("ip")
-            .args(&args)
-            .output()
-            .expect("ip netns exec")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Runs a command and insists it succeeds.
-pub fn run(cmd: &str, args: &[&str]) -> Output {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+/// A network namespace named [`unique`]`(tag)`, its loopback up.
+pub fn netns(tag: &str) -> Netns {
+    Netns::new(unique(tag))
 }
 
 /// The real `caracal-dataplane`, stopped with SIGTERM on drop.
 pub struct Daemon {
-    child: Option<Child>,
+    process: Process,
     pub socket: PathBuf,
     dir: PathBuf,
 }
@@ -121,15 +52,16 @@ impl Daemon {
             .spawn()
             .expect("start caracal-dataplane");
         let d = Daemon {
-            child: Some(child),
+            process: Process::new("caracal-dataplane", child, Duration::from_secs(10)),
             socket,
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !d.socket.exists() {
-            assert!(Instant::now() < deadline, "dataplane socket did not appear");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(
+            "dataplane socket did not appear",
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            || d.socket.exists(),
+        );
         d
     }
 
@@ -139,24 +71,7 @@ impl Daemon {
 
     /// Sends SIGTERM and waits; returns whether it exited with status 0.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return true;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status.success();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.stop()
     }
 }
 
@@ -242,5 +157,73 @@ pub fn assert_no_buffer_in_use(client: &DataplaneClient) {
             b.in_use
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One of our memif clients (id 0, one queue, polling, 256 slots): the
+/// pod or peer at the other end of one of the dataplane's memif servers.
+pub struct MemifPeer {
+    pub port: Arc<MemifPort>,
+    queue: Box<dyn PortQueue>,
+}
+
+impl MemifPeer {
+    /// Connects to `socket` as interface `name` sending to `peer_mac`;
+    /// waits up to `wait` for the connection.
+    pub fn connect(
+        name: &str,
+        socket: &str,
+        peer_mac: EthernetAddress,
+        wait: Duration,
+    ) -> MemifPeer {
+        let port = MemifPort::create(&MemifConfig {
+            name: name.into(),
+            socket: SocketAddress::parse(socket.as_ref()).unwrap(),
+            role: memif::Role::Client,
+            id: 0,
+            secret: None,
+            queues: 1,
+            mode: memif::Mode::Ethernet,
+            rx_mode: memif::RxMode::Polling,
+            ring_size: 256,
+            buffer_size: 0,
+            peer_mac,
+            mtu: 1500,
+            hugepages: false,
+        })
+        .unwrap();
+        assert!(port.wait_connected(wait), "{:?}", port.status());
+        let queue = port.open_queue(0).unwrap();
+        MemifPeer { port, queue }
+    }
+
+    /// Sends `frames` in one burst.
+    pub fn send(&mut self, cache: &mut BufferCache, frames: &[Vec<u8>]) {
+        let mut out = Frame::new();
+        for f in frames {
+            let mut b = cache.alloc().unwrap();
+            let mut p = cache.pool().packet(&mut b);
+            *p.meta_mut() = Meta::received(PortId(0), f.len() as u16);
+            p.data_mut().copy_from_slice(f);
+            out.push(b);
+        }
+        self.queue.tx_burst(cache, &mut out);
+    }
+
+    /// Frames received within `wait`, stopping early once `want` came.
+    pub fn recv(&mut self, cache: &mut BufferCache, want: usize, wait: Duration) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + wait;
+        let mut got = Vec::new();
+        while got.len() < want && Instant::now() < deadline {
+            let mut out = Frame::new();
+            if self.queue.rx_burst(PortId(0), cache, &mut out) == 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            for mut b in out.drain() {
+                got.push(cache.pool().packet(&mut b).data().to_vec());
+                cache.free(b);
+            }
+        }
+        got
     }
 }
