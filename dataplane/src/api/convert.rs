@@ -503,6 +503,7 @@ fn port_counters_to_proto(s: PortStats) -> pb::PortCounters {
         tx_bytes: s.tx_bytes,
         tx_errors: s.tx_errors,
         rx_no_buffer: s.rx_no_buffer,
+        rx_too_long: s.rx_too_long,
     }
 }
 
@@ -1077,6 +1078,7 @@ mod tests {
                 tx_bytes: 4,
                 tx_errors: 5,
                 rx_no_buffer: 6,
+                rx_too_long: 7,
             },
             memif: None,
         };
@@ -1100,7 +1102,8 @@ mod tests {
                 tx_packets: 3,
                 tx_bytes: 4,
                 tx_errors: 5,
-                rx_no_buffer: 6
+                rx_no_buffer: 6,
+                rx_too_long: 7
             }
         );
     }

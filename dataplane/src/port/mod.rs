@@ -107,6 +107,9 @@ pub struct PortStats {
     pub tx_bytes: u64,
     pub tx_errors: u64,
     pub rx_no_buffer: u64,
+    /// Frames dropped on receive for being longer than a buffer of the
+    /// pool (never truncated).
+    pub rx_too_long: u64,
 }
 
 impl PortStats {
@@ -119,6 +122,7 @@ impl PortStats {
             s.tx_bytes += q.tx_bytes.load(Ordering::Relaxed);
             s.tx_errors += q.tx_errors.load(Ordering::Relaxed);
             s.rx_no_buffer += q.rx_no_buffer.load(Ordering::Relaxed);
+            s.rx_too_long += q.rx_too_long.load(Ordering::Relaxed);
         }
         s
     }
@@ -136,19 +140,6 @@ pub trait Port: Send + Sync + fmt::Debug {
     fn open_queue(&self, worker: usize) -> Option<Box<dyn PortQueue>>;
     /// Counters summed over all queues.
     fn stats(&self) -> PortStats;
-    /// Frames dropped on receive for being longer than a buffer of the
-    /// pool, summed over all queues (0 for ports that cannot tell).
-    fn rx_too_long(&self) -> u64 {
-        0
-    }
-}
-
-/// Sums the queues' [`QueueCounters::rx_too_long`].
-pub fn sum_rx_too_long<'a>(queues: impl IntoIterator<Item = &'a QueueCounters>) -> u64 {
-    queues
-        .into_iter()
-        .map(|q| q.rx_too_long.load(Ordering::Relaxed))
-        .sum()
 }
 
 /// One queue pair of a port, owned by one worker.

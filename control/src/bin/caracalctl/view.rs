@@ -212,6 +212,7 @@ pub struct PortCountersView {
     pub tx_bytes: u64,
     pub tx_errors: u64,
     pub rx_no_buffer: u64,
+    pub rx_too_long: u64,
 }
 
 impl From<pb::PortCounters> for PortCountersView {
@@ -223,6 +224,7 @@ impl From<pb::PortCounters> for PortCountersView {
             tx_bytes: c.tx_bytes,
             tx_errors: c.tx_errors,
             rx_no_buffer: c.rx_no_buffer,
+            rx_too_long: c.rx_too_long,
         }
     }
 }
@@ -238,6 +240,7 @@ impl PortCountersView {
             ("tx bytes", self.tx_bytes),
             ("tx errors", self.tx_errors),
             ("rx no-buffer", self.rx_no_buffer),
+            ("rx too long", self.rx_too_long),
         ]
         .into_iter()
         .filter(|&(_, n)| n != 0)
@@ -746,6 +749,7 @@ mod tests {
                 tx_bytes: 0,
                 tx_errors: 3,
                 rx_no_buffer: 0,
+                rx_too_long: 2,
             }),
             memif: None,
         }
@@ -876,10 +880,11 @@ mod tests {
         let view = InterfaceView::from(tap_interface());
         assert_eq!(
             interfaces_table(&[view]).to_string(),
-            "Name           Idx  State   MTU  Device                              Addresses       Counter     Count\n\
-             default/web-0    1  up     1500  tap eth0 ifindex 2                  10.65.0.5/32    rx packets     12\n\
-             \x20                                mac 02:fe:00:00:00:01               fd00:65::5/128  rx bytes     1008\n\
-             \x20                                netns /var/run/netns/default_web-0                  tx errors       3\n"
+            "Name           Idx  State   MTU  Device                              Addresses       Counter      Count\n\
+             default/web-0    1  up     1500  tap eth0 ifindex 2                  10.65.0.5/32    rx packets      12\n\
+             \x20                                mac 02:fe:00:00:00:01               fd00:65::5/128  rx bytes      1008\n\
+             \x20                                netns /var/run/netns/default_web-0                  tx errors        3\n\
+             \x20                                                                                    rx too long      2\n"
         );
     }
 
@@ -898,7 +903,7 @@ mod tests {
                 "tap": {"netns": "/var/run/netns/default_web-0", "ifname": "eth0",
                         "queues": 0, "configure": true},
                 "counters": {"rx_packets": 12, "rx_bytes": 1008, "tx_packets": 0,
-                             "tx_bytes": 0, "tx_errors": 3, "rx_no_buffer": 0}
+                             "tx_bytes": 0, "tx_errors": 3, "rx_no_buffer": 0, "rx_too_long": 2}
             }]})
         );
     }

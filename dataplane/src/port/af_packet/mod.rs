@@ -346,10 +346,6 @@ impl Port for AfPacketPort {
     fn stats(&self) -> PortStats {
         PortStats::sum(self.counters.iter().map(|c| &**c))
     }
-
-    fn rx_too_long(&self) -> u64 {
-        super::sum_rx_too_long(self.counters.iter().map(|c| &**c))
-    }
 }
 
 /// The rx ring of a queue and where we are in it.

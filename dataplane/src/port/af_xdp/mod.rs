@@ -681,10 +681,6 @@ impl Port for AfXdpPort {
     fn stats(&self) -> PortStats {
         PortStats::sum([&*self.counters])
     }
-
-    fn rx_too_long(&self) -> u64 {
-        super::sum_rx_too_long([&*self.counters])
-    }
 }
 
 /// The queue of an AF_XDP port, owned by one worker.

@@ -681,10 +681,6 @@ impl Port for MemifPort {
     fn stats(&self) -> PortStats {
         PortStats::sum(self.shared.queues.iter().map(|q| &*q.counters))
     }
-
-    fn rx_too_long(&self) -> u64 {
-        super::sum_rx_too_long(self.shared.queues.iter().map(|q| &*q.counters))
-    }
 }
 
 /// One queue pair of a memif port, owned by one worker.

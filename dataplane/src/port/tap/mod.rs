@@ -317,10 +317,6 @@ impl Port for TapPort {
     fn stats(&self) -> PortStats {
         PortStats::sum(self.counters.iter().map(|c| &**c))
     }
-
-    fn rx_too_long(&self) -> u64 {
-        super::sum_rx_too_long(self.counters.iter().map(|c| &**c))
-    }
 }
 
 /// One queue of a tap, owned by one worker.
