@@ -344,7 +344,7 @@ impl DirSource {
         info!(dir = %self.dir.display(), objects = store.snapshot().len(),
             revision = store.revision().current(), "manifest folder read");
 
-        let (refresh_tx, refresh_rx) = mpsc::channel::<RefreshRequest>(16);
+        let (refresh_tx, refresh_rx) = mpsc::channel::<RefreshRequest>(1024);
         let task = tokio::spawn(self.run(store, reader, watcher, events, refresh_rx));
         SourceHandle::new(task, Some(refresh_tx))
     }
@@ -391,9 +391,18 @@ impl DirSource {
                 }
                 request = refresh.recv() => {
                     let Some(done) = request else { return };
+                    // Every request queued by now is answered by this one
+                    // read (each was made before it starts): a burst of
+                    // CNI ADDs reads the folder once, not once each.
+                    let mut waiting = vec![done];
+                    while let Ok(more) = refresh.try_recv() {
+                        waiting.push(more);
+                    }
                     due = Due::default();
                     reader.read(&self.dir, &store).await;
-                    let _ = done.send(());
+                    for done in waiting {
+                        let _ = done.send(());
+                    }
                 }
                 _ = rescan.tick() => {
                     due = Due::default();
@@ -851,6 +860,12 @@ mod tests {
         source.refresh().await;
         source.refresh().await;
         assert_eq!(store.revision().current(), after);
+
+        // Concurrent refreshes (a burst of CNI ADDs) share reads, and each
+        // sees what was written before it asked.
+        std::fs::write(dir.path().join("pod.yaml"), POD).unwrap();
+        futures::future::join_all((0..64).map(|_| source.refresh())).await;
+        assert!(store.snapshot().pod("a", "p").is_some());
         assert!(store
             .snapshot()
             .get(&ObjectKey::new(Kind::Namespace, "", "a"))
