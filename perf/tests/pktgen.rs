@@ -40,6 +40,23 @@ fn turn() -> MutexGuard<'static, ()> {
     TURN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A port from its `caracal-pktgen` spec.
+fn port<T: std::str::FromStr>(spec: &str) -> Option<T>
+where
+    T::Err: std::fmt::Debug,
+{
+    Some(spec.parse().expect("a valid port spec"))
+}
+
+/// A run stopped by count.
+fn counted(rate: Rate, count: u64) -> RunPlan {
+    RunPlan {
+        rate,
+        duration: None,
+        count: Some(count),
+    }
+}
+
 /// A name unique to this process and call (prefix `pg`).
 fn unique(tag: &str) -> String {
     caracal_testsupport::unique("pg", tag)
@@ -83,35 +100,19 @@ fn memif_client_to_memif_server_in_process() {
     let _turn = turn();
     let socket = format!("@{}", unique("memif"));
     let mut cfg = base_config();
-    cfg.tx = Some(
-        format!("memif:socket={socket},role=client")
-            .parse()
-            .unwrap(),
-    );
-    cfg.rx = Some(
-        format!("memif:socket={socket},role=server")
-            .parse()
-            .unwrap(),
-    );
+    cfg.tx = port(&format!("memif:socket={socket},role=client"));
+    cfg.rx = port(&format!("memif:socket={socket},role=server"));
     let mut engine = Engine::open(&cfg).expect("open memif ports");
 
     // A moderate fixed rate, stopped by count.
     let count = 50_000;
-    let r = engine.run(RunPlan {
-        rate: Rate::Pps(200_000.0),
-        duration: None,
-        count: Some(count),
-    });
+    let r = engine.run(counted(Rate::Pps(200_000.0), count));
     assert_exact(&r, count);
     assert_eq!(r.offered_pps, Some(200_000.0));
     assert_eq!(engine.buffers_in_use(), 0, "both pools whole");
 
     // Line rate on the same connection: backpressure, never loss.
-    let r2 = engine.run(RunPlan {
-        rate: Rate::Line,
-        duration: None,
-        count: Some(200_000),
-    });
+    let r2 = engine.run(counted(Rate::Line, 200_000));
     assert_exact(&r2, 200_000);
     assert_ne!(r2.run, r.run, "each run has its own id");
     assert_eq!(engine.buffers_in_use(), 0);
@@ -132,23 +133,11 @@ fn one_core_alternates_tx_and_rx() {
     let _turn = turn();
     let socket = format!("@{}", unique("memif1c"));
     let mut cfg = base_config();
-    cfg.tx = Some(
-        format!("memif:socket={socket},role=client")
-            .parse()
-            .unwrap(),
-    );
-    cfg.rx = Some(
-        format!("memif:socket={socket},role=server")
-            .parse()
-            .unwrap(),
-    );
+    cfg.tx = port(&format!("memif:socket={socket},role=client"));
+    cfg.rx = port(&format!("memif:socket={socket},role=server"));
     cfg.cores = vec![0];
     let mut engine = Engine::open(&cfg).expect("open memif ports");
-    let r = engine.run(RunPlan {
-        rate: Rate::Line,
-        duration: None,
-        count: Some(100_000),
-    });
+    let r = engine.run(counted(Rate::Line, 100_000));
     assert_exact(&r, 100_000);
     assert_eq!(engine.buffers_in_use(), 0);
 }
@@ -158,27 +147,15 @@ fn jumbo_frames_memif_client_to_memif_server() {
     let _turn = turn();
     let socket = format!("@{}", unique("memifj"));
     let mut cfg = base_config();
-    cfg.tx = Some(
-        format!("memif:socket={socket},role=client")
-            .parse()
-            .unwrap(),
-    );
-    cfg.rx = Some(
-        format!("memif:socket={socket},role=server")
-            .parse()
-            .unwrap(),
-    );
+    cfg.tx = port(&format!("memif:socket={socket},role=client"));
+    cfg.rx = port(&format!("memif:socket={socket},role=server"));
     cfg.traffic.sizes = caracal_perf::pktgen::FrameSizes::Fixed(9000);
     let mut engine = Engine::open(&cfg).expect("open memif ports");
     assert_eq!(engine.templates().max_size(), 9000);
     // Line rate: the 2 KiB ring buffers carry each frame as a chain of
     // five descriptors; backpressure, never loss, every byte checked.
     let count = 50_000;
-    let r = engine.run(RunPlan {
-        rate: Rate::Line,
-        duration: None,
-        count: Some(count),
-    });
+    let r = engine.run(counted(Rate::Line, count));
     assert_exact(&r, count);
     assert_eq!(r.frame_sizes, vec![9000]);
     assert_eq!(r.rx.as_ref().unwrap().bytes, count * 9000);
@@ -190,11 +167,7 @@ fn a_frame_above_the_largest_is_refused() {
     let _turn = turn();
     let socket = format!("@{}", unique("memifbig"));
     let mut cfg = base_config();
-    cfg.tx = Some(
-        format!("memif:socket={socket},role=client")
-            .parse()
-            .unwrap(),
-    );
+    cfg.tx = port(&format!("memif:socket={socket},role=client"));
     cfg.traffic.sizes = caracal_perf::pktgen::FrameSizes::Fixed(9217);
     let err = Engine::open(&cfg).unwrap_err().to_string();
     assert!(err.contains("9216"), "{err}");
@@ -216,24 +189,12 @@ fn af_packet_over_a_veth_pair_in_a_netns() {
     }
     let ns = veth_netns("afp");
     let mut cfg = base_config();
-    cfg.tx = Some(
-        format!("af_packet:iface=pg-a,netns={}", ns.name())
-            .parse()
-            .unwrap(),
-    );
-    cfg.rx = Some(
-        format!("af_packet:iface=pg-b,netns={}", ns.name())
-            .parse()
-            .unwrap(),
-    );
+    cfg.tx = port(&format!("af_packet:iface=pg-a,netns={}", ns.name()));
+    cfg.rx = port(&format!("af_packet:iface=pg-b,netns={}", ns.name()));
     cfg.traffic.sizes = caracal_perf::pktgen::FrameSizes::Imix;
     let mut engine = Engine::open(&cfg).expect("open af_packet ports");
     let count = 20_000;
-    let r = engine.run(RunPlan {
-        rate: Rate::Pps(100_000.0),
-        duration: None,
-        count: Some(count),
-    });
+    let r = engine.run(counted(Rate::Pps(100_000.0), count));
     assert_exact(&r, count);
     assert_eq!(r.frame_sizes, vec![64, 576, 1500]);
     assert_eq!(engine.buffers_in_use(), 0);
@@ -247,16 +208,8 @@ fn jumbo_frames_af_packet_over_a_veth_pair_with_mtu_9000() {
     }
     let ns = veth_netns("afpj");
     let mut cfg = base_config();
-    cfg.tx = Some(
-        format!("af_packet:iface=pg-a,netns={}", ns.name())
-            .parse()
-            .unwrap(),
-    );
-    cfg.rx = Some(
-        format!("af_packet:iface=pg-b,netns={}", ns.name())
-            .parse()
-            .unwrap(),
-    );
+    cfg.tx = port(&format!("af_packet:iface=pg-a,netns={}", ns.name()));
+    cfg.rx = port(&format!("af_packet:iface=pg-b,netns={}", ns.name()));
     cfg.traffic.sizes = caracal_perf::pktgen::FrameSizes::Fixed(9000);
     // A veth of MTU 1500 cannot: the error says what to do.
     let err = Engine::open(&cfg).unwrap_err().to_string();
@@ -269,31 +222,19 @@ fn jumbo_frames_af_packet_over_a_veth_pair_with_mtu_9000() {
     }
     let mut engine = Engine::open(&cfg).expect("open af_packet ports");
     let count = 20_000;
-    let r = engine.run(RunPlan {
-        rate: Rate::Pps(50_000.0),
-        duration: None,
-        count: Some(count),
-    });
+    let r = engine.run(counted(Rate::Pps(50_000.0), count));
     assert_exact(&r, count);
     assert_eq!(r.rx.as_ref().unwrap().bytes, count * 9000);
     // The largest frame the MTU allows (9014 bytes) also goes.
     drop(engine);
     cfg.traffic.sizes = caracal_perf::pktgen::FrameSizes::Fixed(9014);
     let mut engine = Engine::open(&cfg).expect("open af_packet ports");
-    let r = engine.run(RunPlan {
-        rate: Rate::Pps(50_000.0),
-        duration: None,
-        count: Some(5_000),
-    });
+    let r = engine.run(counted(Rate::Pps(50_000.0), 5_000));
     assert_exact(&r, 5_000);
     assert_eq!(engine.buffers_in_use(), 0);
 
     // AF_XDP carries one UMEM frame per packet: refused, naming why.
-    cfg.tx = Some(
-        format!("af_xdp:iface=pg-a,netns={}", ns.name())
-            .parse()
-            .unwrap(),
-    );
+    cfg.tx = port(&format!("af_xdp:iface=pg-a,netns={}", ns.name()));
     cfg.rx = None;
     drop(engine);
     let err = Engine::open(&cfg).unwrap_err().to_string();
@@ -308,32 +249,16 @@ fn af_xdp_over_a_veth_pair_in_a_netns() {
     }
     let ns = veth_netns("axdp");
     let mut cfg = base_config();
-    cfg.tx = Some(
-        format!("af_xdp:iface=pg-a,netns={}", ns.name())
-            .parse()
-            .unwrap(),
-    );
-    cfg.rx = Some(
-        format!("af_xdp:iface=pg-b,netns={}", ns.name())
-            .parse()
-            .unwrap(),
-    );
+    cfg.tx = port(&format!("af_xdp:iface=pg-a,netns={}", ns.name()));
+    cfg.rx = port(&format!("af_xdp:iface=pg-b,netns={}", ns.name()));
     cfg.traffic.sizes = caracal_perf::pktgen::FrameSizes::Imix;
     let mut engine = Engine::open(&cfg).expect("open af_xdp ports");
     let count = 20_000;
-    let r = engine.run(RunPlan {
-        rate: Rate::Pps(100_000.0),
-        duration: None,
-        count: Some(count),
-    });
+    let r = engine.run(counted(Rate::Pps(100_000.0), count));
     assert_exact(&r, count);
     assert_eq!(r.frame_sizes, vec![64, 576, 1500]);
     // A second run on the same sockets (a search runs many).
-    let r = engine.run(RunPlan {
-        rate: Rate::Pps(200_000.0),
-        duration: None,
-        count: Some(count),
-    });
+    let r = engine.run(counted(Rate::Pps(200_000.0), count));
     assert_exact(&r, count);
     assert_eq!(engine.buffers_in_use(), 0);
 }
@@ -346,23 +271,11 @@ fn af_packet_into_af_xdp() {
     }
     let ns = veth_netns("pxdp");
     let mut cfg = base_config();
-    cfg.tx = Some(
-        format!("af_packet:iface=pg-a,netns={}", ns.name())
-            .parse()
-            .unwrap(),
-    );
-    cfg.rx = Some(
-        format!("af_xdp:iface=pg-b,netns={},mode=copy", ns.name())
-            .parse()
-            .unwrap(),
-    );
+    cfg.tx = port(&format!("af_packet:iface=pg-a,netns={}", ns.name()));
+    cfg.rx = port(&format!("af_xdp:iface=pg-b,netns={},mode=copy", ns.name()));
     let mut engine = Engine::open(&cfg).expect("open the ports");
     let count = 20_000;
-    let r = engine.run(RunPlan {
-        rate: Rate::Pps(100_000.0),
-        duration: None,
-        count: Some(count),
-    });
+    let r = engine.run(counted(Rate::Pps(100_000.0), count));
     assert_exact(&r, count);
     assert_eq!(engine.buffers_in_use(), 0);
 }
@@ -404,27 +317,15 @@ fn through_testpmd_io_forwarding_between_two_memifs() {
     );
 
     let mut cfg = base_config();
-    cfg.tx = Some(
-        format!("memif:socket={},role=client", a.display())
-            .parse()
-            .unwrap(),
-    );
-    cfg.rx = Some(
-        format!("memif:socket={},role=client", b.display())
-            .parse()
-            .unwrap(),
-    );
+    cfg.tx = port(&format!("memif:socket={},role=client", a.display()));
+    cfg.rx = port(&format!("memif:socket={},role=client", b.display()));
     let mut engine = Engine::open(&cfg).expect("connect to testpmd");
     // A low rate. testpmd drops what it cannot put on a full ring, and on
     // a busy 2-core machine its forwarding core (like ours) can be
     // descheduled for tens of milliseconds, so exactness is asserted for
     // the accounting, not for the absence of loss.
     let count = 10_000;
-    let r = engine.run(RunPlan {
-        rate: Rate::Pps(10_000.0),
-        duration: None,
-        count: Some(count),
-    });
+    let r = engine.run(counted(Rate::Pps(10_000.0), count));
     let tx = r.tx.as_ref().unwrap();
     let rx = r.rx.as_ref().unwrap();
     assert_eq!(tx.packets, count, "{r}");
