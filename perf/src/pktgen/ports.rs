@@ -53,9 +53,15 @@ pub struct AfXdpSpec {
     pub netns: Option<String>,
     pub queue: u32,
     pub mode: XdpMode,
-    /// UMEM frames, half rx and half tx (0: the driver's default, 4096).
+    /// UMEM frames, half rx and half tx (0: [`AF_XDP_FRAMES`]).
     pub frames: u32,
 }
+
+/// The generator's default UMEM size for AF_XDP: 16384 frames of 2 KiB
+/// (32 MiB), four times the port's own default, so that a receiver
+/// descheduled for a few tens of milliseconds at line rate loses nothing
+/// (AF_PACKET's rx ring is 8 MiB for the same reason).
+pub const AF_XDP_FRAMES: u32 = 16384;
 
 /// Where packets go or come from.
 #[derive(Clone)]
@@ -341,7 +347,11 @@ impl PortSpec {
                 cfg.netns = a.netns.as_deref().map(netns_path);
                 cfg.queue = a.queue;
                 cfg.mode = a.mode;
-                cfg.frames = a.frames;
+                cfg.frames = if a.frames == 0 {
+                    AF_XDP_FRAMES
+                } else {
+                    a.frames
+                };
                 cfg.peer_mac = peer_mac;
                 let port = AfXdpPort::create(&cfg)?;
                 Ok(Opened {
