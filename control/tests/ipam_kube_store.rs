@@ -270,15 +270,22 @@ async fn ipam_kube_missing_crd_is_an_error_not_a_conflict() {
 async fn ipam_kube_concurrent_assignments_are_distinct() {
     const TASKS: usize = 120;
     let api = Arc::new(FakeApi::default());
-    let ipam = Arc::new(Ipam::new(
-        KubeStore::new(client(Arc::clone(&api))),
-        IpamConfig::default(),
-    ));
-    ipam.set_pools(pools()).unwrap();
+    // Two agents on one API server: each groups its own concurrent
+    // changes into one swap, and their swaps race each other.
+    let agents: Vec<_> = (0..2)
+        .map(|_| {
+            let ipam = Arc::new(Ipam::new(
+                KubeStore::new(client(Arc::clone(&api))),
+                IpamConfig::default(),
+            ));
+            ipam.set_pools(pools()).unwrap();
+            ipam
+        })
+        .collect();
 
     let tasks: Vec<_> = (0..TASKS)
         .map(|i| {
-            let ipam = Arc::clone(&ipam);
+            let ipam = Arc::clone(&agents[i % 2]);
             tokio::spawn(async move {
                 let req = AssignRequest {
                     handle: format!("c{i}.eth0"),
@@ -298,9 +305,11 @@ async fn ipam_kube_concurrent_assignments_are_distinct() {
         assert!(v6.insert(assigned.ipv6.unwrap()));
     }
     assert_eq!((v4.len(), v6.len()), (TASKS, TASKS));
-    // Writers really raced: some swaps lost and were retried.
+    // The agents really raced: some swaps lost and were retried; and no
+    // more than one write per assignment (fewer when grouped).
     assert!(api.conflicts.load(Ordering::SeqCst) > 0);
-    assert_eq!(api.writes.load(Ordering::SeqCst), TASKS as u64);
+    assert!((1..=TASKS as u64).contains(&api.writes.load(Ordering::SeqCst)));
+    let ipam = &agents[0];
 
     let (state, _) = ipam.store().load().await.unwrap();
     state.check().unwrap();
