@@ -17,6 +17,7 @@
 //! figures wanted are cycles per lookup and per-edit latencies, printed as
 //! one table.
 
+use caracal_dataplane::worker::cycles as tsc;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -63,21 +64,6 @@ impl Opts {
             usize::MAX
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-fn tsc() -> u64 {
-    // SAFETY: rdtsc has no preconditions.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn tsc() -> u64 {
-    // No TSC: nanoseconds stand in for cycles.
-    use std::sync::OnceLock;
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 /// (TSC cycles per lookup, million lookups per second) over `keys` in

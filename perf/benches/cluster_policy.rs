@@ -48,6 +48,7 @@
 //! No figure is asserted: only that both clusters compile, load, and
 //! decide as the policies say on a few known connections.
 
+use caracal_dataplane::worker::cycles as tsc;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -971,21 +972,6 @@ impl Scenario {
 }
 
 // ---------------------------------------------------------------- timing
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-fn tsc() -> u64 {
-    // SAFETY: rdtsc has no preconditions.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn tsc() -> u64 {
-    // No TSC: nanoseconds stand in for cycles.
-    use std::sync::OnceLock;
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
 
 /// The shortest of `runs` runs of `f`, and the last result.
 fn best_of<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, T) {

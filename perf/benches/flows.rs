@@ -16,6 +16,7 @@
 //! Run: `cargo bench -p caracal-perf --bench flows`
 //! (`CARACAL_BENCH_QUICK=1` for a shorter run).
 
+use caracal_dataplane::worker::cycles as tsc;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -192,18 +193,6 @@ impl Established {
         }
         spent
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-fn tsc() -> u64 {
-    // SAFETY: rdtsc has no preconditions.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn tsc() -> u64 {
-    0
 }
 
 fn established(c: &mut Criterion) {

@@ -9,6 +9,7 @@
 //! them for a running worker): parse (ethernet-input), validate
 //! (ip4/ip6-input), route (ip4/ip6-lookup), flow, rewrite.
 
+use caracal_dataplane::worker::cycles as tsc;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -151,13 +152,6 @@ fn print_nodes(counters: &GraphCounters) {
             counters.packets[i] as f64 / counters.calls[i].max(1) as f64
         );
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-fn tsc() -> u64 {
-    // SAFETY: rdtsc has no preconditions.
-    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 fn bench(c: &mut Criterion) {

@@ -18,6 +18,7 @@
 //! Run: `cargo bench -p caracal-perf --bench policy`. It prints TSC cycles
 //! per packet for each before criterion's times.
 
+use caracal_dataplane::worker::cycles as tsc;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -215,13 +216,6 @@ impl Bench {
     fn policed(&self) -> u64 {
         self.graph.counters.packets[NodeId::Ip4Policy as usize]
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-fn tsc() -> u64 {
-    // SAFETY: rdtsc has no preconditions.
-    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// TSC cycles per packet over `vectors` vectors, `before` run first.

@@ -479,12 +479,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 AddInterface::Tap(tap) => tap.spec()?,
                 AddInterface::Memif(memif) => memif.spec()?,
             };
-            let added = dp
-                .interfaces
-                .add_interface(pb::AddInterfaceRequest { spec: Some(spec) })
-                .await;
-            let view = InterfaceView::from(rpc(added)?);
-            emit(&view::interfaces_table(&[view]).to_string())
+            add_and_show(&mut dp, spec).await
         }
         Command::Clear(ClearWhat::Runtime) => {
             rpc(dp.stats.clear_runtime(pb::ClearRuntimeRequest {}).await)?;
@@ -504,12 +499,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .find(|s| s.name == from)
                 .with_context(|| format!("no interface {from:?}"))?;
             spec.xconnect = to.unwrap_or_default();
-            let added = dp
-                .interfaces
-                .add_interface(pb::AddInterfaceRequest { spec: Some(spec) })
-                .await;
-            let view = InterfaceView::from(rpc(added)?);
-            emit(&view::interfaces_table(&[view]).to_string())
+            add_and_show(&mut dp, spec).await
         }
         Command::Interface(InterfaceCommand::Del { name }) => {
             let req = pb::DeleteInterfaceRequest { name: name.clone() };
@@ -544,6 +534,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The reply of a call, or the dataplane's own message for its failure.
+/// `AddInterface` (which also changes one in place) and the interface
+/// as the dataplane now has it.
+async fn add_and_show(dp: &mut DataplaneClient, spec: pb::InterfaceSpec) -> anyhow::Result<()> {
+    let added = dp
+        .interfaces
+        .add_interface(pb::AddInterfaceRequest { spec: Some(spec) })
+        .await;
+    let view = InterfaceView::from(rpc(added)?);
+    emit(&view::interfaces_table(&[view]).to_string())
+}
+
 fn rpc<T>(reply: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
     match reply {
         Ok(response) => Ok(response.into_inner()),

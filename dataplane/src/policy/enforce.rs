@@ -128,10 +128,8 @@ impl DirectionRules {
     /// The identifier of a LOG rule, shared (no allocation: for the
     /// packet path's log records).
     pub fn log_name_shared(&self, rule: RuleName) -> Arc<str> {
-        self.log_names
-            .get(&rule)
-            .cloned()
-            .unwrap_or_else(|| Arc::from("?"))
+        static UNKNOWN: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("?"));
+        self.log_names.get(&rule).unwrap_or(&UNKNOWN).clone()
     }
 }
 

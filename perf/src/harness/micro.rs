@@ -25,6 +25,29 @@ fn lookup<'a>(figures: &'a [LookupFigure], workload: &str) -> Option<&'a LookupF
         .max_by_key(|f| f.batch)
 }
 
+/// One row per workload both sides measured: cycles per lookup at the
+/// largest batch.
+fn lookup_rows(
+    rows: &mut Vec<Row>,
+    case: &str,
+    workloads: [&str; 2],
+    ours: &[LookupFigure],
+    peer: &[LookupFigure],
+) {
+    for workload in workloads {
+        if let (Some(o), Some(p)) = (lookup(ours, workload), lookup(peer, workload)) {
+            rows.push(Row::new(
+                case,
+                format!("lookup, {workload}, batch {}", o.batch),
+                "cycles/lookup",
+                Better::Lower,
+                o.cycles_per_lookup,
+                p.cycles_per_lookup,
+            ));
+        }
+    }
+}
+
 pub fn classifier(
     opts: &Options,
     rows: &mut Vec<Row>,
@@ -50,21 +73,13 @@ pub fn classifier(
                 );
             }
             let case = format!("{} ({} rules)", c.set, c.rules);
-            for workload in ["trace", "uniform"] {
-                if let (Some(o), Some(p)) = (
-                    lookup(&c.caracal.lookups, workload),
-                    lookup(&c.rte_acl.lookups, workload),
-                ) {
-                    rows.push(Row::new(
-                        &case,
-                        format!("lookup, {workload}, batch {}", o.batch),
-                        "cycles/lookup",
-                        Better::Lower,
-                        o.cycles_per_lookup,
-                        p.cycles_per_lookup,
-                    ));
-                }
-            }
+            lookup_rows(
+                rows,
+                &case,
+                ["trace", "uniform"],
+                &c.caracal.lookups,
+                &c.rte_acl.lookups,
+            );
             rows.push(Row::new(
                 &case,
                 "rule insert",
@@ -116,21 +131,13 @@ pub fn lpm(opts: &Options, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> anyh
             );
         }
         let case = format!("{family:?}, {} prefixes", c.prefixes);
-        for workload in ["uniform", "covered"] {
-            if let (Some(o), Some(p)) = (
-                lookup(&c.caracal.lookups, workload),
-                lookup(&c.dpdk.lookups, workload),
-            ) {
-                rows.push(Row::new(
-                    &case,
-                    format!("lookup, {workload}, batch {}", o.batch),
-                    "cycles/lookup",
-                    Better::Lower,
-                    o.cycles_per_lookup,
-                    p.cycles_per_lookup,
-                ));
-            }
-        }
+        lookup_rows(
+            rows,
+            &case,
+            ["uniform", "covered"],
+            &c.caracal.lookups,
+            &c.dpdk.lookups,
+        );
         rows.push(Row::new(
             &case,
             "build",
