@@ -7,7 +7,7 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::classifier::{Classifier, Space};
+use super::classifier::{Classifier, Half};
 use super::rule::{IpNet, Prefix};
 
 mod sealed {
@@ -22,6 +22,8 @@ pub trait Family:
 {
     /// Address width in bits.
     const BITS: u8;
+    /// Address width in 32-bit words (the decision tree cuts on words).
+    const WORDS: usize;
     const ZERO: Self;
 
     /// The netmask of a `len`-bit prefix (`len` ≤ [`Self::BITS`]).
@@ -29,17 +31,21 @@ pub trait Family:
     fn and(self, other: Self) -> Self;
     /// 64 well-spread bits of the address, for hashing.
     fn fold(self) -> u64;
+    /// 32-bit word `i` of the address, the most significant first
+    /// (`i` < [`Self::WORDS`]).
+    fn word(self, i: usize) -> u32;
     /// The prefix if `net` is of this family.
     fn prefix(net: IpNet) -> Option<Prefix<Self>>;
     /// The address as an [`IpAddr`] (for logs and reports).
     fn to_ip(self) -> IpAddr;
     /// This family's half of a classifier.
     #[doc(hidden)]
-    fn space(c: &Classifier) -> &Space<Self>;
+    fn half(c: &Classifier) -> &Half<Self>;
 }
 
 impl Family for u32 {
     const BITS: u8 = 32;
+    const WORDS: usize = 1;
     const ZERO: Self = 0;
 
     #[inline(always)]
@@ -58,6 +64,11 @@ impl Family for u32 {
         u64::from(self)
     }
 
+    #[inline(always)]
+    fn word(self, _: usize) -> u32 {
+        self
+    }
+
     fn prefix(net: IpNet) -> Option<Prefix<Self>> {
         match net {
             IpNet::V4(p) => Some(p),
@@ -70,13 +81,14 @@ impl Family for u32 {
     }
 
     #[inline(always)]
-    fn space(c: &Classifier) -> &Space<Self> {
+    fn half(c: &Classifier) -> &Half<Self> {
         &c.v4
     }
 }
 
 impl Family for u128 {
     const BITS: u8 = 128;
+    const WORDS: usize = 4;
     const ZERO: Self = 0;
 
     #[inline(always)]
@@ -94,6 +106,11 @@ impl Family for u128 {
         ((self >> 64) as u64) ^ (self as u64).rotate_left(29)
     }
 
+    #[inline(always)]
+    fn word(self, i: usize) -> u32 {
+        (self >> (96 - 32 * i)) as u32
+    }
+
     fn prefix(net: IpNet) -> Option<Prefix<Self>> {
         match net {
             IpNet::V6(p) => Some(p),
@@ -106,7 +123,7 @@ impl Family for u128 {
     }
 
     #[inline(always)]
-    fn space(c: &Classifier) -> &Space<Self> {
+    fn half(c: &Classifier) -> &Half<Self> {
         &c.v6
     }
 }

@@ -108,6 +108,7 @@ pub mod spec;
 mod table;
 #[cfg(test)]
 mod tests;
+mod tree;
 
 pub use classifier::{Classifier, ClassifierStats};
 pub use family::Family;
@@ -115,7 +116,7 @@ pub use rule::{
     Action, AddrMatch, Hit, IpNet, IpSetId, PacketKey, PacketKey4, PacketKey6, PortRange, Prefix,
     Priority, Rule, RuleId,
 };
-pub use ruleset::RuleSet;
+pub use ruleset::{CompileJob, CompiledRules, RuleSet};
 
 pub use addrset::AddrSet;
 pub use compile::MAX_EXPANSION;

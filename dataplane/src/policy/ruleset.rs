@@ -20,10 +20,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::classifier::{Classifier, Space};
+use super::classifier::{Classifier, Compiled, Half, Space, Stale};
 use super::family::Family;
 use super::rule::{AddrMatch, IpNet, IpSetId, Prefix, Priority, Rule, RuleId};
 use super::table::{Row, Table, Tuple, MIN_CAPACITY};
+use super::tree::Forest;
 use super::PolicyError;
 
 /// Most rows that may share one masked key in a table before a row looks
@@ -53,9 +54,45 @@ struct IpSet {
     users: BTreeSet<RuleId>,
 }
 
-/// One family's tables plus the writer's index of them.
+/// One family's rows: every row in a tuple space, and, once compiled, a
+/// forest of the rows at that time with what changed since.
 #[derive(Debug, Clone)]
 struct Writer<A> {
+    all: Tuples<A>,
+    compiled: Option<CompiledWriter<A>>,
+    /// Row edits so far, and their count when a compile last gave up
+    /// (the forest would have outgrown its budget).
+    edits: u64,
+    gave_up_at: Option<u64>,
+}
+
+impl<A> Default for Writer<A> {
+    fn default() -> Self {
+        Writer {
+            all: Tuples::default(),
+            compiled: None,
+            edits: 0,
+            gave_up_at: None,
+        }
+    }
+}
+
+/// The writer's side of a [`Compiled`] forest.
+#[derive(Debug, Clone)]
+struct CompiledWriter<A> {
+    forest: Arc<Forest<A>>,
+    /// The rows the forest was built from, and the origin of each by its
+    /// identity.
+    rows: Arc<[Row<A>]>,
+    origin: HashMap<RowId<A>, u32>,
+    stale: Arc<Stale>,
+    /// Rows added since the build.
+    delta: Tuples<A>,
+}
+
+/// One tuple space plus the writer's index of it.
+#[derive(Debug, Clone)]
+struct Tuples<A> {
     space: Arc<Space<A>>,
     /// Per table id: how many rows each priority has there (the first key
     /// is the table's best priority).
@@ -68,9 +105,9 @@ struct Writer<A> {
 /// A row's identity: its priority (one per rule) and its prefixes.
 type RowId<A> = (u32, Prefix<A>, Prefix<A>);
 
-impl<A> Default for Writer<A> {
+impl<A> Default for Tuples<A> {
     fn default() -> Self {
-        Writer {
+        Tuples {
             space: Arc::default(),
             prios: HashMap::new(),
             rows: HashMap::new(),
@@ -97,9 +134,39 @@ impl RuleSet {
     /// increments. Later edits copy what they touch and leave it alone.
     pub fn snapshot(&self) -> Classifier {
         Classifier {
-            v4: self.v4.space.clone(),
-            v6: self.v6.space.clone(),
+            v4: self.v4.half(),
+            v6: self.v6.half(),
         }
+    }
+
+    /// True if [`RuleSet::compile`] would speed lookups up (rules changed
+    /// since the last compile, or there was none).
+    pub fn wants_compile(&self) -> bool {
+        self.v4.wants_compile() || self.v6.wants_compile()
+    }
+
+    /// The rows to compile, taken now; [`CompileJob::run`] may run on any
+    /// thread while this rule set goes on taking edits, and
+    /// [`RuleSet::install`] then takes the result.
+    pub fn compile_job(&self) -> CompileJob {
+        CompileJob {
+            v4: self.v4.rows(),
+            v6: self.v6.rows(),
+        }
+    }
+
+    /// Installs compiled trees: lookups use them for the rows they were
+    /// built from, and the tuple space for the edits made since the job
+    /// was taken.
+    pub fn install(&mut self, compiled: CompiledRules) {
+        self.v4.install(compiled.v4);
+        self.v6.install(compiled.v6);
+    }
+
+    /// Compiles in place ([`RuleSet::compile_job`], run, install).
+    pub fn compile(&mut self) {
+        let job = self.compile_job();
+        self.install(job.run());
     }
 
     pub fn len(&self) -> usize {
@@ -292,6 +359,46 @@ impl RuleSet {
     }
 }
 
+/// The rows of a rule set at one moment, to be compiled off the control
+/// thread.
+#[derive(Debug)]
+pub struct CompileJob {
+    v4: Vec<Row<u32>>,
+    v6: Vec<Row<u128>>,
+}
+
+/// A compile's result, for [`RuleSet::install`].
+#[derive(Debug)]
+pub struct CompiledRules {
+    v4: Option<(Forest<u32>, Vec<Row<u32>>)>,
+    v6: Option<(Forest<u128>, Vec<Row<u128>>)>,
+}
+
+/// Bytes a forest may take: a few hundred per row (the ClassBench sets
+/// take 50–250), and at least 1 MiB.
+fn forest_budget(rows: usize) -> usize {
+    (rows * 1024).max(1 << 20)
+}
+
+impl CompileJob {
+    /// Builds the trees (milliseconds to a few hundred for 10k rows).
+    pub fn run(self) -> CompiledRules {
+        fn build<A: Family>(rows: Vec<Row<A>>) -> Option<(Forest<A>, Vec<Row<A>>)> {
+            let forest = Forest::build(&rows, forest_budget(rows.len())).ok()?;
+            Some((forest, rows))
+        }
+        CompiledRules {
+            v4: build(self.v4),
+            v6: build(self.v6),
+        }
+    }
+
+    /// Rows to compile.
+    pub fn rows(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+}
+
 fn row<A: Family>(rule: &Rule, src: Prefix<A>, dst: Prefix<A>) -> Row<A> {
     Row {
         src: src.addr(),
@@ -351,6 +458,112 @@ fn group_limit(t: Tuple) -> usize {
 }
 
 impl<A: Family> Writer<A> {
+    fn insert(&mut self, row: &Row<A>) {
+        self.edits += 1;
+        self.all.insert(row);
+        if let Some(c) = &mut self.compiled {
+            let id = row_id(row);
+            // The forest's own row back again: it counts once more.
+            if let Some(&o) = c.origin.get(&id) {
+                if c.rows[o as usize] == *row && c.stale.contains(o) {
+                    Arc::make_mut(&mut c.stale).set(o, false);
+                    return;
+                }
+            }
+            c.delta.insert(row);
+        }
+    }
+
+    fn remove(&mut self, row: &Row<A>) {
+        self.edits += 1;
+        self.all.remove(row);
+        if let Some(c) = &mut self.compiled {
+            let id = row_id(row);
+            if c.delta.rows.contains_key(&id) {
+                c.delta.remove(row);
+            } else if let Some(&o) = c.origin.get(&id) {
+                let marked = Arc::make_mut(&mut c.stale).set(o, true);
+                debug_assert!(marked, "a live row of the forest");
+            }
+        }
+    }
+
+    /// What a lookup reads.
+    fn half(&self) -> Half<A> {
+        Half {
+            space: self.all.space.clone(),
+            compiled: self.compiled.as_ref().map(|c| Compiled {
+                forest: c.forest.clone(),
+                stale: c.stale.clone(),
+                delta: c.delta.space.clone(),
+            }),
+        }
+    }
+
+    /// True if a compile would help lookups: rows changed since the last
+    /// one, or none yet and the tuple space has more than a couple of
+    /// tables (a forest answers in a few node steps whatever the shapes;
+    /// one or two tables answer in one or two probes). After a compile
+    /// gave up, only once a quarter of the rows have changed.
+    fn wants_compile(&self) -> bool {
+        if let Some(at) = self.gave_up_at {
+            let rows = self.all.rows.len() as u64;
+            return self.edits - at > rows / 4 + 16;
+        }
+        match &self.compiled {
+            Some(c) => c.stale.count() > 0 || !c.delta.rows.is_empty(),
+            None => self.all.space.tables.len() > 2,
+        }
+    }
+
+    /// Every current row.
+    fn rows(&self) -> Vec<Row<A>> {
+        self.all
+            .space
+            .tables
+            .iter()
+            .flat_map(|t| t.rows())
+            .copied()
+            .collect()
+    }
+
+    /// Takes a forest built from `rows` (some time ago): the rows it lacks
+    /// go into a fresh delta, the rows since removed are marked stale.
+    fn install(&mut self, built: Option<(Forest<A>, Vec<Row<A>>)>) {
+        let Some((forest, rows)) = built else {
+            self.compiled = None;
+            self.gave_up_at = Some(self.edits);
+            return;
+        };
+        self.gave_up_at = None;
+        let origin: HashMap<RowId<A>, u32> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (row_id(r), i as u32))
+            .collect();
+        let mut stale = Stale::new(rows.len());
+        let mut delta = Tuples::default();
+        let mut live = vec![false; rows.len()];
+        for r in self.rows() {
+            match origin.get(&row_id(&r)) {
+                Some(&o) if rows[o as usize] == r => live[o as usize] = true,
+                _ => delta.insert(&r),
+            }
+        }
+        for (o, _) in live.iter().enumerate().filter(|(_, l)| !**l) {
+            stale.set(o as u32, true);
+        }
+        self.compiled = Some(CompiledWriter {
+            forest: Arc::new(forest),
+            rows: rows.into(),
+            origin,
+            stale: Arc::new(stale),
+            delta,
+        });
+    }
+}
+
+impl<A: Family> Tuples<A> {
     fn insert(&mut self, row: &Row<A>) {
         let id = self.place(row);
         let space = Arc::make_mut(&mut self.space);

@@ -75,6 +75,11 @@ enum Op {
     SetInsert(IpSetId, IpNet),
     SetRemove(IpSetId, IpNet),
     Publish,
+    /// Compile now.
+    Compile,
+    /// Take a compile job now, install it at the next `Install`.
+    TakeJob,
+    Install,
 }
 
 /// Prefixes from a small pool, so that rules overlap and share tables.
@@ -150,6 +155,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => ((0u32..3).prop_map(IpSetId), net()).prop_map(|(s, n)| Op::SetInsert(s, n)),
         1 => ((0u32..3).prop_map(IpSetId), net()).prop_map(|(s, n)| Op::SetRemove(s, n)),
         1 => Just(Op::Publish),
+        1 => Just(Op::Compile),
+        1 => Just(Op::TakeJob),
+        1 => Just(Op::Install),
     ]
 }
 
@@ -246,6 +254,7 @@ proptest! {
         let mut reference = Reference::default();
         // A snapshot published earlier, with the state it was taken in.
         let mut old = (rs.snapshot(), reference.clone());
+        let mut job = None;
         for op in ops {
             match op {
                 Op::Insert(rule) => {
@@ -268,6 +277,13 @@ proptest! {
                 Op::Publish => {
                     check(&old.0, &old.1, &probes)?;
                     old = (rs.snapshot(), reference.clone());
+                }
+                Op::Compile => rs.compile(),
+                Op::TakeJob => job = Some(rs.compile_job()),
+                Op::Install => {
+                    if let Some(j) = job.take() {
+                        rs.install(j.run());
+                    }
                 }
             }
             check(&rs.snapshot(), &reference, &probes[..8])?;
@@ -407,7 +423,7 @@ fn layout_report() {
             let (mut probed, mut tested) = (0, 0);
             for k in keys {
                 let best = c.classify(k).map_or(u32::MAX, |h| h.priority.0);
-                for t in c.v4.tables.iter().take_while(|t| t.min_prio <= best) {
+                for t in c.v4.space.tables.iter().take_while(|t| t.min_prio <= best) {
                     probed += 1;
                     tested += t.probe_cost(k);
                 }
@@ -422,9 +438,9 @@ fn layout_report() {
         let (rp, rt) = cost(&random);
         println!(
             "{set:9} {:3} tables | trace: {tp:4.1} tables {tt:4.1} rows | uniform: {rp:4.1} tables {rt:4.1} rows",
-            c.v4.tables.len()
+            c.v4.space.tables.len()
         );
-        for t in c.v4.tables.iter().filter(|_| tables) {
+        for t in c.v4.space.tables.iter().filter(|_| tables) {
             let mut groups = HashMap::new();
             for r in t.rows() {
                 *groups.entry(t.masked(r)).or_insert(0) += 1;
@@ -440,5 +456,64 @@ fn layout_report() {
                 tested as f64 / random.len() as f64
             );
         }
+    }
+}
+
+/// The decision tree on the ClassBench sets: its shape, build time and
+/// memory, and per lookup the nodes walked and leaf rows tested (trace and
+/// uniform headers). Run with
+/// `cargo test -p caracal-dataplane policy::tests::tree_report -- --ignored --nocapture`.
+#[test]
+#[ignore = "a report, not a check"]
+fn tree_report() {
+    use super::table::NO_MATCH;
+    use super::tree::{words, Forest};
+    let dir = classbench::data_dir();
+    for set in classbench::SETS {
+        let Ok(rules) = classbench::load_rules(&dir.join(set)) else {
+            continue;
+        };
+        let trace = classbench::load_trace(&dir.join(format!("{set}_trace"))).unwrap();
+        let c = RuleSet::from_rules(classbench::to_rules(&rules))
+            .unwrap()
+            .snapshot();
+        let rows: Vec<_> =
+            c.v4.space
+                .tables
+                .iter()
+                .flat_map(|t| t.rows())
+                .copied()
+                .collect();
+        let start = std::time::Instant::now();
+        let tree = Forest::build(&rows, 64 << 20).unwrap();
+        let built = start.elapsed();
+        let trace: Vec<_> = trace.iter().map(|t| t.key).collect();
+        let random = random_keys(20_000, 3);
+        let cost = |keys: &[PacketKey4]| {
+            let (mut nodes, mut rows) = (0, 0);
+            for k in keys {
+                let mut best = NO_MATCH;
+                for t in tree.trees() {
+                    let (n, r) = t.walk_cost(&words(k), k, best);
+                    nodes += n;
+                    rows += r;
+                    if let Some(f) = t.lookup(k, best) {
+                        best = f.row.prio;
+                    }
+                }
+            }
+            (
+                nodes as f64 / keys.len() as f64,
+                rows as f64 / keys.len() as f64,
+            )
+        };
+        let (tn, tr) = cost(&trace);
+        let (un, ur) = cost(&random);
+        println!(
+            "{set:9} {:?} {:.1} ms {} KiB | trace: {tn:4.1} nodes {tr:4.1} rows | uniform: {un:4.1} nodes {ur:4.1} rows",
+            tree.trees().iter().map(|t| t.shape()).collect::<Vec<_>>(),
+            built.as_secs_f64() * 1e3,
+            tree.memory_bytes() / 1024
+        );
     }
 }
