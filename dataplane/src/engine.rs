@@ -57,6 +57,10 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_MTU: u16 = 1500;
 /// How often the housekeeping thread sweeps the flow table.
 const SWEEP_PERIOD: Duration = Duration::from_secs(1);
+/// How often the compile thread looks for changed policy rule sets: a
+/// change is enforced at once through the tuple space, and its lookups
+/// are fast again within about this long.
+const COMPILE_PERIOD: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -186,62 +190,87 @@ impl RouteKey {
     }
 }
 
-/// The flow table's sweeper and the policy log's reader: a thread and the
-/// means to stop it.
+/// A background thread that calls a tick function every period until it
+/// is stopped (or the function returns false).
 #[derive(Debug)]
-struct Housekeeper {
+struct Background {
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Housekeeper {
-    fn start(flows: Arc<FlowTable>, log: Arc<PolicyLog>, clock: Instant) -> std::io::Result<Self> {
+impl Background {
+    fn spawn(
+        name: &str,
+        period: Duration,
+        mut tick: impl FnMut() -> bool + Send + 'static,
+    ) -> std::io::Result<Self> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let s = stop.clone();
         let thread = std::thread::Builder::new()
-            .name("caracal-flows".into())
+            .name(name.into())
             .spawn(move || {
                 let (lock, cv) = &*s;
-                let mut stopped = lock.lock().expect("housekeeper flag poisoned");
-                let mut next_sweep = Instant::now() + SWEEP_PERIOD;
+                let mut stopped = lock.lock().expect("stop flag poisoned");
                 loop {
                     let (g, _) = cv
-                        .wait_timeout(stopped, policy_log::DRAIN_PERIOD)
-                        .expect("housekeeper flag poisoned");
+                        .wait_timeout(stopped, period)
+                        .expect("stop flag poisoned");
                     stopped = g;
                     if *stopped {
                         return;
                     }
-                    log.drain(clock.elapsed().as_nanos() as u64);
-                    if Instant::now() < next_sweep {
-                        continue;
-                    }
-                    next_sweep += SWEEP_PERIOD;
-                    let r = flows.sweep(clock.elapsed().as_nanos() as u64);
-                    if r.expired + r.evicted > 0 {
-                        tracing::debug!(
-                            expired = r.expired,
-                            evicted = r.evicted,
-                            live = r.live,
-                            "flow sweep"
-                        );
+                    // The flag is free while the tick runs.
+                    drop(stopped);
+                    let go_on = tick();
+                    stopped = lock.lock().expect("stop flag poisoned");
+                    if !go_on {
+                        return;
                     }
                 }
             })?;
-        Ok(Housekeeper {
+        Ok(Background {
             stop,
             thread: Some(thread),
         })
     }
 
+    /// Stops the thread and waits for it, unless called from the thread
+    /// itself (which then ends after its tick).
     fn stop(&mut self) {
         let (lock, cv) = &*self.stop;
-        *lock.lock().expect("housekeeper flag poisoned") = true;
+        *lock.lock().expect("stop flag poisoned") = true;
         cv.notify_all();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
     }
+}
+
+/// The flow table's sweeper and the policy log's reader.
+fn housekeeper(
+    flows: Arc<FlowTable>,
+    log: Arc<PolicyLog>,
+    clock: Instant,
+) -> std::io::Result<Background> {
+    let mut next_sweep = Instant::now() + SWEEP_PERIOD;
+    Background::spawn("caracal-flows", policy_log::DRAIN_PERIOD, move || {
+        log.drain(clock.elapsed().as_nanos() as u64);
+        if Instant::now() >= next_sweep {
+            next_sweep += SWEEP_PERIOD;
+            let r = flows.sweep(clock.elapsed().as_nanos() as u64);
+            if r.expired + r.evicted > 0 {
+                tracing::debug!(
+                    expired = r.expired,
+                    evicted = r.evicted,
+                    live = r.live,
+                    "flow sweep"
+                );
+            }
+        }
+        true
+    })
 }
 
 /// Handle to a running dataplane. Share it behind an `Arc`.
@@ -256,7 +285,9 @@ pub struct Engine {
     timeouts: FlowTimeouts,
     /// The time origin of the workers and the flow table.
     clock: Instant,
-    housekeeper: Mutex<Housekeeper>,
+    housekeeper: Mutex<Background>,
+    /// Compiles changed policy rule sets into decision trees.
+    compiler: Mutex<Option<Background>>,
     /// Records of LOG rule matches, from the workers.
     policy_log: Arc<PolicyLog>,
     /// What [`Engine::runtime`] subtracts: the counters at the last clear.
@@ -310,7 +341,7 @@ impl Engine {
                 }
             }
         }
-        let housekeeper = match Housekeeper::start(flows.clone(), policy_log.clone(), clock) {
+        let housekeeper = match housekeeper(flows.clone(), policy_log.clone(), clock) {
             Ok(h) => h,
             Err(e) => {
                 for w in &mut workers {
@@ -328,7 +359,7 @@ impl Engine {
             flows = flows.capacity(),
             "dataplane started"
         );
-        Ok(Arc::new(Engine {
+        let engine = Arc::new(Engine {
             pool,
             tables,
             worker_count: workers.len(),
@@ -350,9 +381,65 @@ impl Engine {
             timeouts,
             clock,
             housekeeper: Mutex::new(housekeeper),
+            compiler: Mutex::new(None),
             policy_log,
             runtime_base: Mutex::new(RuntimeSnapshot::default()),
-        }))
+        });
+        let weak = Arc::downgrade(&engine);
+        let compiler = Background::spawn("caracal-compile", COMPILE_PERIOD, move || {
+            let Some(engine) = weak.upgrade() else {
+                return false;
+            };
+            engine.compile_policies().is_ok()
+        })
+        .map_err(EngineError::Worker)?;
+        *engine.compiler.lock().expect("compiler poisoned") = Some(compiler);
+        Ok(engine)
+    }
+
+    /// Compiles every policy rule set that changed since its last compile
+    /// into decision trees (off the engine lock: the jobs run between two
+    /// short lock holds), installs them and publishes; returns how many
+    /// were installed. The compile thread calls this every
+    /// [`COMPILE_PERIOD`]; verdicts never change, only lookups get faster.
+    pub fn compile_policies(&self) -> Result<usize, EngineError> {
+        let jobs = self.lock()?.policy.compile_jobs();
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let rows: usize = jobs.iter().map(|(_, j)| j.rows()).sum();
+        let done: Vec<_> = jobs
+            .into_iter()
+            .map(|(key, job)| (key, job.run()))
+            .collect();
+        let compiled = started.elapsed();
+        let mut st = self.lock()?;
+        let mut installed = 0;
+        for (key, result) in done {
+            if !st.policy.install_compiled(&key, result) {
+                continue;
+            }
+            installed += 1;
+            let Some(id) = st.interfaces.get(&key.endpoint).map(|i| i.id) else {
+                continue;
+            };
+            let rules = st.policy.endpoint_rules(&key.endpoint).expect("installed");
+            let entry = st.ports[id.index()].as_mut().expect("interface has a port");
+            // Same verdicts: flows decided before keep their verdicts
+            // (`since` stays).
+            if matches!(entry.policy.mode, PolicyMode::Enforced(_)) {
+                entry.policy.mode = PolicyMode::Enforced(rules);
+            }
+        }
+        self.publish(&mut st);
+        tracing::debug!(
+            rule_sets = installed,
+            rows,
+            compile_us = compiled.as_micros() as u64,
+            "policy compiled"
+        );
+        Ok(installed)
     }
 
     /// The buffer pool (for accounting checks).
@@ -803,6 +890,10 @@ impl Engine {
 
     /// Stops the workers and removes every interface. Idempotent.
     pub fn shutdown(&self) {
+        // Before taking the state: a compile pass may be waiting for it.
+        if let Some(c) = self.compiler.lock().expect("compiler poisoned").as_mut() {
+            c.stop();
+        }
         let mut st = self.state.lock().expect("engine state poisoned");
         if st.shut_down {
             return;
@@ -812,6 +903,7 @@ impl Engine {
             .lock()
             .expect("housekeeper poisoned")
             .stop();
+
         let mut workers = self.workers.lock().expect("worker list poisoned");
         for w in workers.iter() {
             w.signal_stop();
@@ -1054,4 +1146,143 @@ fn uninstall_route(st: &mut State, key: RouteKey) -> Option<RouteSpec> {
     }
     st.adjacencies.release(r.adjacency);
     Some(r.spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WorkerMode;
+    use crate::model::{MemifMode, MemifRole, MemifRxMode, MemifSpec};
+    use crate::policy::spec::{
+        DefaultAction, EndAction, EndpointPolicySpec, PolicySpec, RuleSpec, TierSpec,
+    };
+    use crate::policy::{Action, PacketKey4, PortRange};
+
+    /// A policy change is enforced through the tuple space at once; the
+    /// compile pass then gives the endpoint decision trees with the same
+    /// verdicts, and a later change goes back to the tuple space for the
+    /// changed rules only until the next pass.
+    #[test]
+    fn compile_pass_speeds_up_without_changing_verdicts() {
+        let engine = Engine::start(&EngineConfig {
+            workers: vec![None],
+            mode: WorkerMode::Adaptive,
+            buffers: 1024,
+            hugepages: false,
+            flows: 1024,
+        })
+        .unwrap();
+        let name = "ns/compiled";
+        engine
+            .add_interface(InterfaceSpec {
+                name: name.into(),
+                addresses: vec!["10.66.0.9/32".parse().unwrap()],
+                mtu: 0,
+                kind: InterfaceKindSpec::Memif(MemifSpec {
+                    socket: format!("@caracal-engine-compile-{}", std::process::id()).into(),
+                    role: MemifRole::Server,
+                    id: 0,
+                    secret: None,
+                    queues: 1,
+                    mode: MemifMode::Ethernet,
+                    rx_mode: MemifRxMode::Polling,
+                    ring_size: 0,
+                    buffer_size: 0,
+                    peer_mac: None,
+                }),
+                policy_enforced: true,
+                xconnect: None,
+            })
+            .unwrap();
+        // Rules of many shapes (prefix lengths, ports), so that the tuple
+        // space holds several tables.
+        let ingress: Vec<RuleSpec> = (0..200u16)
+            .map(|i| {
+                let mut r = RuleSpec::new(if i % 3 == 0 {
+                    Action::Deny
+                } else {
+                    Action::Allow
+                });
+                r.protocol = Some(if i % 2 == 0 { 6 } else { 17 });
+                let net = format!("10.{}.{}.0/{}", i % 7, i % 13, 16 + i % 9);
+                r.source.nets = vec![net.parse().unwrap()];
+                r.destination.ports = vec![PortRange::new(i * 10, i * 10 + i % 4).unwrap()];
+                r
+            })
+            .collect();
+        let policy = |ingress: Vec<RuleSpec>| PolicyBatch {
+            set_policies: vec![PolicySpec {
+                name: "many".into(),
+                ingress,
+                egress: vec![],
+            }],
+            set_endpoints: vec![EndpointPolicySpec {
+                interface: name.into(),
+                ingress: vec![TierSpec {
+                    name: "default".into(),
+                    policies: vec!["many".into()],
+                    end_action: EndAction::Deny,
+                }],
+                egress: vec![],
+                ingress_default: DefaultAction::Allow,
+                egress_default: DefaultAction::Allow,
+            }],
+            ..PolicyBatch::default()
+        };
+        let classifier = || {
+            let tables = engine.tables.load();
+            let id = engine.lock().unwrap().interfaces[name].id;
+            match &tables.port(id).unwrap().policy.mode {
+                PolicyMode::Enforced(rules) => rules.ingress.classifier().clone(),
+                other => panic!("not enforced: {other:?}"),
+            }
+        };
+        let keys: Vec<PacketKey4> = (0..4000u32)
+            .map(|i| {
+                let src = 0x0a00_0000 | (i % 7) << 16 | (i % 13) << 8 | (i * 37) & 0xff;
+                PacketKey4::new(
+                    src,
+                    0x0a42_0009,
+                    [6, 17][i as usize % 2],
+                    40000,
+                    (i % 2100) as u16,
+                )
+            })
+            .collect();
+        let verdicts = |c: &crate::policy::Classifier| {
+            let mut out = vec![None; keys.len()];
+            c.classify_batch(&keys, &mut out);
+            out
+        };
+
+        // Stop the compile thread so the test decides when passes run.
+        engine.compiler.lock().unwrap().as_mut().unwrap().stop();
+        engine.apply_policy(policy(ingress.clone())).unwrap();
+        let before = classifier();
+        assert_eq!(before.stats().trees, 0);
+        assert!(before.stats().tables4 > 2, "{:?}", before.stats());
+        let want = verdicts(&before);
+        assert!(want.iter().any(Option::is_some));
+
+        assert_eq!(engine.compile_policies().unwrap(), 1);
+        let after = classifier();
+        assert!(after.stats().trees > 0, "{:?}", after.stats());
+        assert_eq!(verdicts(&after), want);
+        assert_eq!(engine.compile_policies().unwrap(), 0, "nothing changed");
+
+        // Drop the first rule: enforced at once, beside the trees.
+        let changed = policy(ingress[1..].to_vec());
+        engine.apply_policy(changed).unwrap();
+        let edited = classifier();
+        let s = edited.stats();
+        assert!(s.trees > 0 && s.rows_removed + s.rows_added > 0, "{s:?}");
+        let edited_verdicts = verdicts(&edited);
+        assert_ne!(edited_verdicts, want, "the dropped rule decided some keys");
+        assert_eq!(engine.compile_policies().unwrap(), 1);
+        let recompiled = classifier();
+        let s = recompiled.stats();
+        assert_eq!((s.rows_removed, s.rows_added), (0, 0), "{s:?}");
+        assert_eq!(verdicts(&recompiled), edited_verdicts);
+        engine.shutdown();
+    }
 }

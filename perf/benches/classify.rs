@@ -2,7 +2,9 @@
 //! ClassBench rule sets acl1/fw1/ipc1 at 1k and 10k rules: lookups per
 //! second and TSC cycles per lookup in batches of 64 (the given trace, the
 //! trace shuffled, and uniformly random headers — traces have strong
-//! locality and flatter caches), build time, memory, and the time to
+//! locality and flatter caches), build time (the tuple space, rule by
+//! rule) and compile time (the decision forest), memory, the tuple space's
+//! own cycles on the trace before the compile (`TS cyc`), and the time to
 //! delete a random rule and insert it again, publishing a snapshot after
 //! every edit while the previous snapshot is still held (as a worker
 //! would): mean per delete, per insert, and the 99th percentile of both.
@@ -125,6 +127,10 @@ fn run(set: &str, opts: &Opts) {
         black_box(rs.snapshot());
         build = build.min(t.elapsed());
     }
+    let tuple_space = rs.snapshot();
+    let t = Instant::now();
+    rs.compile();
+    let compile = t.elapsed();
     let c = rs.snapshot();
     let stats = c.stats();
 
@@ -135,10 +141,14 @@ fn run(set: &str, opts: &Opts) {
         .map(|_| uniform_key(&mut rng))
         .collect();
     let checked = opts.checked().min(trace_keys.len());
-    check(set, &c, &rules, &shuffled[..checked]);
-    check(set, &c, &rules, &random[..checked.min(random.len())]);
+    for c in [&tuple_space, &c] {
+        check(set, c, &rules, &shuffled[..checked]);
+        check(set, c, &rules, &random[..checked.min(random.len())]);
+    }
 
     let time = opts.lookup_time();
+    let (tss_cyc, _) = lookups(&tuple_space, &trace_keys, time);
+    drop(tuple_space);
     let (trace_cyc, trace_m) = lookups(&c, &trace_keys, time);
     let (shuf_cyc, shuf_m) = lookups(&c, &shuffled, time);
     let (rand_cyc, rand_m) = lookups(&c, &random, time);
@@ -173,12 +183,14 @@ fn run(set: &str, opts: &Opts) {
     let p99 = all[all.len() * 99 / 100].as_secs_f64() * 1e6;
 
     println!(
-        "{set:<9} {:>5} {:>4} {:>7.0} {:>7.1} {:>6.2} | {:>6.0} {:>6.1} | {:>6.0} {:>6.1} | {:>6.0} {:>6.1} | {:>5.2} {:>5.2} {:>6.0}",
+        "{set:<9} {:>5} {:>4} {:>3} {:>7.0} {:>7.1} {:>7.1} | {:>6.0} | {:>6.0} {:>6.1} | {:>6.0} {:>6.1} | {:>6.0} {:>6.1} | {:>5.2} {:>5.2} {:>6.0}",
         rules.len(),
         stats.tables4,
+        stats.trees,
         stats.memory_bytes as f64 / 1024.0,
         build.as_secs_f64() * 1e3,
-        build.as_secs_f64() * 1e6 / rules.len() as f64,
+        compile.as_secs_f64() * 1e3,
+        tss_cyc,
         trace_cyc,
         trace_m,
         shuf_cyc,
@@ -206,13 +218,15 @@ fn main() {
         if opts.quick { " (quick run)" } else { "" }
     );
     println!(
-        "{:<9} {:>5} {:>4} {:>7} {:>7} {:>6} | {:>13} | {:>13} | {:>13} | {:>5} {:>5} {:>6}",
+        "{:<9} {:>5} {:>4} {:>3} {:>7} {:>7} {:>7} | {:>6} | {:>13} | {:>13} | {:>13} | {:>5} {:>5} {:>6}",
         "set",
         "rules",
         "tabl",
+        "tre",
         "mem KiB",
         "buildms",
-        "µs/rul",
+        "compms",
+        "TS cyc",
         "trace cyc M/s",
         "shuf. cyc M/s",
         "random cyc M/s",

@@ -33,7 +33,7 @@ use super::spec::{
     DefaultAction, Direction, EndpointPolicySpec, IpSetSpec, PolicyBatch, PolicySpec,
     PolicyStateSpec, RuleSpec, SideSpec,
 };
-use super::RuleSet;
+use super::{CompileJob, CompiledRules, RuleSet};
 
 /// Why a batch was refused; the message starts with the request field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -568,6 +568,13 @@ struct EndpointState {
     published: Option<Arc<EndpointRules>>,
 }
 
+/// Which rule set a [`CompileJob`] came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyCompile {
+    pub endpoint: String,
+    pub direction: Direction,
+}
+
 fn dir_index(d: Direction) -> usize {
     match d {
         Direction::Ingress => 0,
@@ -902,6 +909,41 @@ impl PolicyDb {
             );
         }
         changed
+    }
+
+    /// Compile jobs for every endpoint direction whose rules changed since
+    /// their last compile (see [`RuleSet::wants_compile`]): run them off
+    /// the control thread, then hand each result to
+    /// [`PolicyDb::install_compiled`].
+    pub fn compile_jobs(&self) -> Vec<(PolicyCompile, CompileJob)> {
+        let mut jobs = Vec::new();
+        for (name, ep) in &self.endpoints {
+            for dir in Direction::BOTH {
+                let rules = &ep.dirs[dir_index(dir)].rules;
+                if rules.wants_compile() {
+                    let key = PolicyCompile {
+                        endpoint: name.clone(),
+                        direction: dir,
+                    };
+                    jobs.push((key, rules.compile_job()));
+                }
+            }
+        }
+        jobs
+    }
+
+    /// Installs a compiled result (edits made since its job was taken are
+    /// kept); true if the endpoint is still there and its rules must be
+    /// published again. The verdicts do not change, only their speed.
+    pub fn install_compiled(&mut self, key: &PolicyCompile, compiled: CompiledRules) -> bool {
+        let Some(ep) = self.endpoints.get_mut(&key.endpoint) else {
+            return false;
+        };
+        let dir = &mut ep.dirs[dir_index(key.direction)];
+        dir.rules.install(compiled);
+        dir.published = None;
+        ep.published = None;
+        true
     }
 
     /// Drops an interface's attachment (the interface is gone or was

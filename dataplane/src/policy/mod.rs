@@ -120,7 +120,7 @@ pub use ruleset::{CompileJob, CompiledRules, RuleSet};
 
 pub use addrset::AddrSet;
 pub use compile::MAX_EXPANSION;
-pub use db::{ApplyError, PolicyDb};
+pub use db::{ApplyError, PolicyCompile, PolicyDb};
 pub use enforce::{
     Decision, DirectionRules, EndpointRules, RuleKind, RuleMeta, RuleName, DEFAULT_RULE,
 };

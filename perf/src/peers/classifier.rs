@@ -168,11 +168,14 @@ pub fn classifier(set: &str, size: usize, opts: &Opts) -> Result<ClassifierCompa
         .map(|(w, keys)| (*w, keys.iter().map(acl_key).collect()))
         .collect();
 
-    // Build: ours inserts every rule and publishes a snapshot; rte_acl
-    // creates a context, adds the rules and compiles them.
+    // Build: ours inserts every rule, compiles its decision trees and
+    // publishes a snapshot; rte_acl creates a context, adds the rules and
+    // compiles them.
     let (rs, our_build) = timed(|| {
-        RuleSet::from_rules(policy.iter().cloned()).inspect(|rs| {
+        RuleSet::from_rules(policy.iter().cloned()).map(|mut rs| {
+            rs.compile();
             std::hint::black_box(rs.snapshot());
+            rs
         })
     });
     let mut rs = rs?;
