@@ -32,9 +32,9 @@ fn classifier(c: &mut Criterion) {
     let trace =
         classbench::load_trace(&dir.join("acl1_1k_trace")).unwrap_or_else(|e| panic!("{e}"));
     let n = rules.len();
-    let ours = RuleSet::from_rules(classbench::to_rules(&rules))
-        .expect("valid rules")
-        .snapshot();
+    let mut ours = RuleSet::from_rules(classbench::to_rules(&rules)).expect("valid rules");
+    ours.compile();
+    let ours = ours.snapshot();
     let mut acl = AclContext::new(eal(), n).expect("rte_acl context");
     let acl_rules: Vec<_> = (0..n).map(|i| peers::acl_rule(&rules[i], i, n)).collect();
     acl.build(&acl_rules).expect("rte_acl build");
