@@ -47,6 +47,20 @@ impl Default for EngineConfig {
     }
 }
 
+impl EngineConfig {
+    /// One unpinned worker, small pools, no hugepages: an engine for unit
+    /// tests.
+    #[cfg(test)]
+    pub(crate) fn small() -> Self {
+        EngineConfig {
+            buffers: 1024,
+            hugepages: false,
+            flows: 1024,
+            ..EngineConfig::default()
+        }
+    }
+}
+
 /// Most workers a [`WorkerList`] may ask for: a bound against typos
 /// (`--workers 10000`), well above the core count of any one machine.
 pub const MAX_WORKERS: usize = 1024;

@@ -1151,7 +1151,6 @@ fn uninstall_route(st: &mut State, key: RouteKey) -> Option<RouteSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::WorkerMode;
     use crate::model::{MemifMode, MemifRole, MemifRxMode, MemifSpec};
     use crate::policy::spec::{
         DefaultAction, EndAction, EndpointPolicySpec, PolicySpec, RuleSpec, TierSpec,
@@ -1164,14 +1163,7 @@ mod tests {
     /// changed rules only until the next pass.
     #[test]
     fn compile_pass_speeds_up_without_changing_verdicts() {
-        let engine = Engine::start(&EngineConfig {
-            workers: vec![None],
-            mode: WorkerMode::Adaptive,
-            buffers: 1024,
-            hugepages: false,
-            flows: 1024,
-        })
-        .unwrap();
+        let engine = Engine::start(&EngineConfig::small()).unwrap();
         let name = "ns/compiled";
         engine
             .add_interface(InterfaceSpec {

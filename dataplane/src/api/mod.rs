@@ -64,7 +64,7 @@ mod tests {
     //! called through the generated clients.
 
     use super::*;
-    use crate::config::{EngineConfig, WorkerMode};
+    use crate::config::EngineConfig;
     use caracal_proto::dataplane as pb;
     use caracal_proto::dataplane::interfaces_client::InterfacesClient;
     use caracal_proto::dataplane::routes_client::RoutesClient;
@@ -91,13 +91,7 @@ mod tests {
     async fn serves_the_engine_on_a_private_socket() {
         let dir = std::env::temp_dir().join(format!("caracal-api-e2e-{}", std::process::id()));
         let path = dir.join("dataplane.sock");
-        let config = EngineConfig {
-            workers: vec![None],
-            mode: WorkerMode::Adaptive,
-            buffers: 1024,
-            hugepages: false,
-            flows: 1024,
-        };
+        let config = EngineConfig::small();
         let engine = Engine::start(&config).unwrap();
 
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -214,13 +208,7 @@ mod tests {
 
         let dir = std::env::temp_dir().join(format!("caracal-api-policy-{}", std::process::id()));
         let path = dir.join("dataplane.sock");
-        let config = EngineConfig {
-            workers: vec![None],
-            mode: WorkerMode::Adaptive,
-            buffers: 1024,
-            hugepages: false,
-            flows: 1024,
-        };
+        let config = EngineConfig::small();
         let engine = Engine::start(&config).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn({
@@ -444,14 +432,7 @@ mod tests {
 
         let dir = std::env::temp_dir().join(format!("caracal-api-echo-{}", std::process::id()));
         let path = dir.join("dataplane.sock");
-        let engine = Engine::start(&EngineConfig {
-            workers: vec![None],
-            mode: WorkerMode::Adaptive,
-            buffers: 1024,
-            hugepages: false,
-            flows: 1024,
-        })
-        .unwrap();
+        let engine = Engine::start(&EngineConfig::small()).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn({
             let (engine, path) = (Arc::clone(&engine), path.clone());

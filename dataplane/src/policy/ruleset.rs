@@ -377,7 +377,7 @@ pub struct CompiledRules {
 /// Bytes a forest may take: 1 KiB per row (the ClassBench sets at 10k
 /// rules take 230–450 bytes per row), and at least 8 MiB (fw1 at 1k rules
 /// takes 7.5 MiB in one tree, and 4× the lookup time in four).
-fn forest_budget(rows: usize) -> usize {
+pub(super) fn forest_budget(rows: usize) -> usize {
     (rows * 1024).max(8 << 20)
 }
 

@@ -401,8 +401,10 @@ fn classbench_10k_sets_match_linear_scan() {
 
 /// Tuning aid: per ClassBench set, the table count and the tables probed
 /// and rows tested per lookup (trace and uniform headers), which predict
-/// the cycles per lookup better than a noisy timing; with
-/// `POLICY_LAYOUT_TABLES=1`, every table. Run with
+/// the cycles per lookup better than a noisy timing; then the compiled
+/// forest: its trees' shapes, build time and memory, and the nodes walked
+/// and leaf rows tested per lookup. With `POLICY_LAYOUT_TABLES=1`, every
+/// table. Run with
 /// `cargo test -p caracal-dataplane policy::tests::layout_report -- --ignored --nocapture`.
 #[test]
 #[ignore = "a report, not a check"]
@@ -440,6 +442,7 @@ fn layout_report() {
             "{set:9} {:3} tables | trace: {tp:4.1} tables {tt:4.1} rows | uniform: {rp:4.1} tables {rt:4.1} rows",
             c.v4.space.tables.len()
         );
+        forest_report(&c, &trace, &random);
         for t in c.v4.space.tables.iter().filter(|_| tables) {
             let mut groups = HashMap::new();
             for r in t.rows() {
@@ -459,61 +462,44 @@ fn layout_report() {
     }
 }
 
-/// The decision tree on the ClassBench sets: its shape, build time and
-/// memory, and per lookup the nodes walked and leaf rows tested (trace and
-/// uniform headers). Run with
-/// `cargo test -p caracal-dataplane policy::tests::tree_report -- --ignored --nocapture`.
-#[test]
-#[ignore = "a report, not a check"]
-fn tree_report() {
+/// The forest half of [`layout_report`].
+fn forest_report(c: &Classifier, trace: &[PacketKey4], random: &[PacketKey4]) {
     use super::table::NO_MATCH;
     use super::tree::{words, Forest};
-    let dir = classbench::data_dir();
-    for set in classbench::SETS {
-        let Ok(rules) = classbench::load_rules(&dir.join(set)) else {
-            continue;
-        };
-        let trace = classbench::load_trace(&dir.join(format!("{set}_trace"))).unwrap();
-        let c = RuleSet::from_rules(classbench::to_rules(&rules))
-            .unwrap()
-            .snapshot();
-        let rows: Vec<_> =
-            c.v4.space
-                .tables
-                .iter()
-                .flat_map(|t| t.rows())
-                .copied()
-                .collect();
-        let start = std::time::Instant::now();
-        let tree = Forest::build(&rows, 64 << 20).unwrap();
-        let built = start.elapsed();
-        let trace: Vec<_> = trace.iter().map(|t| t.key).collect();
-        let random = random_keys(20_000, 3);
-        let cost = |keys: &[PacketKey4]| {
-            let (mut nodes, mut rows) = (0, 0);
-            for k in keys {
-                let mut best = NO_MATCH;
-                for t in tree.trees() {
-                    let (n, r) = t.walk_cost(&words(k), k, best);
-                    nodes += n;
-                    rows += r;
-                    if let Some(f) = t.lookup(k, best) {
-                        best = f.row.prio;
-                    }
+    let rows: Vec<_> =
+        c.v4.space
+            .tables
+            .iter()
+            .flat_map(|t| t.rows())
+            .copied()
+            .collect();
+    let start = std::time::Instant::now();
+    let forest = Forest::build(&rows, super::ruleset::forest_budget(rows.len())).unwrap();
+    let built = start.elapsed();
+    let cost = |keys: &[PacketKey4]| {
+        let (mut nodes, mut rows) = (0, 0);
+        for k in keys {
+            let mut best = NO_MATCH;
+            for t in forest.trees() {
+                let (n, r) = t.walk_cost(&words(k), k, best);
+                nodes += n;
+                rows += r;
+                if let Some(f) = t.lookup(k, best) {
+                    best = f.row.prio;
                 }
             }
-            (
-                nodes as f64 / keys.len() as f64,
-                rows as f64 / keys.len() as f64,
-            )
-        };
-        let (tn, tr) = cost(&trace);
-        let (un, ur) = cost(&random);
-        println!(
-            "{set:9} {:?} {:.1} ms {} KiB | trace: {tn:4.1} nodes {tr:4.1} rows | uniform: {un:4.1} nodes {ur:4.1} rows",
-            tree.trees().iter().map(|t| t.shape()).collect::<Vec<_>>(),
-            built.as_secs_f64() * 1e3,
-            tree.memory_bytes() / 1024
-        );
-    }
+        }
+        (
+            nodes as f64 / keys.len() as f64,
+            rows as f64 / keys.len() as f64,
+        )
+    };
+    let (tn, tr) = cost(trace);
+    let (un, ur) = cost(random);
+    println!(
+        "          forest {:?} {:.1} ms {} KiB | trace: {tn:4.1} nodes {tr:4.1} rows | uniform: {un:4.1} nodes {ur:4.1} rows",
+        forest.trees().iter().map(|t| t.shape()).collect::<Vec<_>>(),
+        built.as_secs_f64() * 1e3,
+        forest.memory_bytes() / 1024
+    );
 }
