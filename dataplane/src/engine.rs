@@ -1157,21 +1157,21 @@ mod tests {
     };
     use crate::policy::{Action, PacketKey4, PortRange};
 
-    /// A policy change is enforced through the tuple space at once; the
-    /// compile pass then gives the endpoint decision trees with the same
-    /// verdicts, and a later change goes back to the tuple space for the
-    /// changed rules only until the next pass.
-    #[test]
-    fn compile_pass_speeds_up_without_changing_verdicts() {
+    /// An engine with one fail-closed memif endpoint `name`.
+    fn engine_with_endpoint(name: &str) -> Arc<Engine> {
         let engine = Engine::start(&EngineConfig::small()).unwrap();
-        let name = "ns/compiled";
         engine
             .add_interface(InterfaceSpec {
                 name: name.into(),
                 addresses: vec!["10.66.0.9/32".parse().unwrap()],
                 mtu: 0,
                 kind: InterfaceKindSpec::Memif(MemifSpec {
-                    socket: format!("@caracal-engine-compile-{}", std::process::id()).into(),
+                    socket: format!(
+                        "@caracal-engine-{}-{}",
+                        name.replace('/', "-"),
+                        std::process::id()
+                    )
+                    .into(),
                     role: MemifRole::Server,
                     id: 0,
                     secret: None,
@@ -1186,9 +1186,13 @@ mod tests {
                 xconnect: None,
             })
             .unwrap();
-        // Rules of many shapes (prefix lengths, ports), so that the tuple
-        // space holds several tables.
-        let ingress: Vec<RuleSpec> = (0..200u16)
+        engine
+    }
+
+    /// Rules of many shapes (prefix lengths, ports), so that the tuple
+    /// space holds several tables.
+    fn many_rules() -> Vec<RuleSpec> {
+        (0..200u16)
             .map(|i| {
                 let mut r = RuleSpec::new(if i % 3 == 0 {
                     Action::Deny
@@ -1201,8 +1205,12 @@ mod tests {
                 r.destination.ports = vec![PortRange::new(i * 10, i * 10 + i % 4).unwrap()];
                 r
             })
-            .collect();
-        let policy = |ingress: Vec<RuleSpec>| PolicyBatch {
+            .collect()
+    }
+
+    /// `ingress` as the endpoint's one policy.
+    fn policy(name: &str, ingress: Vec<RuleSpec>) -> PolicyBatch {
+        PolicyBatch {
             set_policies: vec![PolicySpec {
                 name: "many".into(),
                 ingress,
@@ -1220,15 +1228,29 @@ mod tests {
                 egress_default: DefaultAction::Allow,
             }],
             ..PolicyBatch::default()
-        };
-        let classifier = || {
-            let tables = engine.tables.load();
-            let id = engine.lock().unwrap().interfaces[name].id;
-            match &tables.port(id).unwrap().policy.mode {
-                PolicyMode::Enforced(rules) => rules.ingress.classifier().clone(),
-                other => panic!("not enforced: {other:?}"),
-            }
-        };
+        }
+    }
+
+    /// The ingress classifier the workers run for `name`.
+    fn classifier(engine: &Engine, name: &str) -> crate::policy::Classifier {
+        let tables = engine.tables.load();
+        let id = engine.lock().unwrap().interfaces[name].id;
+        match &tables.port(id).unwrap().policy.mode {
+            PolicyMode::Enforced(rules) => rules.ingress.classifier().clone(),
+            other => panic!("not enforced: {other:?}"),
+        }
+    }
+
+    /// A policy change is enforced through the tuple space at once; the
+    /// compile pass then gives the endpoint decision trees with the same
+    /// verdicts, and a later change goes back to the tuple space for the
+    /// changed rules only until the next pass.
+    #[test]
+    fn compile_pass_speeds_up_without_changing_verdicts() {
+        let name = "ns/compiled";
+        let engine = engine_with_endpoint(name);
+        let ingress = many_rules();
+        let classifier = || classifier(&engine, name);
         let keys: Vec<PacketKey4> = (0..4000u32)
             .map(|i| {
                 let src = 0x0a00_0000 | (i % 7) << 16 | (i % 13) << 8 | (i * 37) & 0xff;
@@ -1249,7 +1271,7 @@ mod tests {
 
         // Stop the compile thread so the test decides when passes run.
         engine.compiler.lock().unwrap().as_mut().unwrap().stop();
-        engine.apply_policy(policy(ingress.clone())).unwrap();
+        engine.apply_policy(policy(name, ingress.clone())).unwrap();
         let before = classifier();
         assert_eq!(before.stats().trees, 0);
         assert!(before.stats().tables4 > 2, "{:?}", before.stats());
@@ -1263,7 +1285,7 @@ mod tests {
         assert_eq!(engine.compile_policies().unwrap(), 0, "nothing changed");
 
         // Drop the first rule: enforced at once, beside the trees.
-        let changed = policy(ingress[1..].to_vec());
+        let changed = policy(name, ingress[1..].to_vec());
         engine.apply_policy(changed).unwrap();
         let edited = classifier();
         let s = edited.stats();
@@ -1275,6 +1297,20 @@ mod tests {
         let s = recompiled.stats();
         assert_eq!((s.rows_removed, s.rows_added), (0, 0), "{s:?}");
         assert_eq!(verdicts(&recompiled), edited_verdicts);
+        engine.shutdown();
+    }
+
+    /// Nobody asks: the compile thread finds the changed rule set itself.
+    #[test]
+    fn compile_thread_compiles_changed_rule_sets() {
+        let name = "ns/compiled-by-thread";
+        let engine = engine_with_endpoint(name);
+        engine.apply_policy(policy(name, many_rules())).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while classifier(&engine, name).stats().trees == 0 {
+            assert!(Instant::now() < deadline, "not compiled within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         engine.shutdown();
     }
 }
