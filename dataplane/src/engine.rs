@@ -58,8 +58,10 @@ const DEFAULT_MTU: u16 = 1500;
 /// How often the housekeeping thread sweeps the flow table.
 const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 /// How often the compile thread looks for changed policy rule sets: a
-/// change is enforced at once through the tuple space, and its lookups
-/// are fast again within about this long.
+/// change is enforced at once through the tuple space, and a rule set is
+/// compiled again once it has held still for a period (or at once when an
+/// eighth of its rows changed), so lookups are fast again within about two
+/// periods.
 const COMPILE_PERIOD: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
@@ -1278,6 +1280,9 @@ mod tests {
         let want = verdicts(&before);
         assert!(want.iter().any(Option::is_some));
 
+        // The first pass sees a rule set that just changed and waits a
+        // period for it to hold still; the next compiles it.
+        assert_eq!(engine.compile_policies().unwrap(), 0, "changed just now");
         assert_eq!(engine.compile_policies().unwrap(), 1);
         let after = classifier();
         assert!(after.stats().trees > 0, "{:?}", after.stats());
@@ -1292,6 +1297,8 @@ mod tests {
         assert!(s.trees > 0 && s.rows_removed + s.rows_added > 0, "{s:?}");
         let edited_verdicts = verdicts(&edited);
         assert_ne!(edited_verdicts, want, "the dropped rule decided some keys");
+        // The policy's rules all moved up one priority: too much changed
+        // to wait for the rule set to hold still.
         assert_eq!(engine.compile_policies().unwrap(), 1);
         let recompiled = classifier();
         let s = recompiled.stats();

@@ -163,6 +163,8 @@ struct DirState {
     /// Rules using each derived set.
     set_uses: HashMap<u32, u32>,
     published: Option<DirectionRules>,
+    /// The rule set's edit count at the last [`PolicyDb::compile_jobs`].
+    edits_seen: u64,
 }
 
 /// One segment as the rule set holds it.
@@ -912,15 +914,20 @@ impl PolicyDb {
     }
 
     /// Compile jobs for every endpoint direction whose rules changed since
-    /// their last compile (see [`RuleSet::wants_compile`]): run them off
-    /// the control thread, then hand each result to
-    /// [`PolicyDb::install_compiled`].
-    pub fn compile_jobs(&self) -> Vec<(PolicyCompile, CompileJob)> {
+    /// their last compile (see [`RuleSet::wants_compile`]) and then held
+    /// still since the previous call (so a stream of changes is not
+    /// compiled again and again), or changed so much that lookups have
+    /// lost much of the forest's speed. Run them off the control thread,
+    /// then hand each result to [`PolicyDb::install_compiled`].
+    pub fn compile_jobs(&mut self) -> Vec<(PolicyCompile, CompileJob)> {
         let mut jobs = Vec::new();
-        for (name, ep) in &self.endpoints {
+        for (name, ep) in &mut self.endpoints {
             for dir in Direction::BOTH {
-                let rules = &ep.dirs[dir_index(dir)].rules;
-                if rules.wants_compile() {
+                let st = &mut ep.dirs[dir_index(dir)];
+                let still = st.rules.edits() == st.edits_seen;
+                st.edits_seen = st.rules.edits();
+                let rules = &st.rules;
+                if rules.wants_compile() && (still || rules.much_changed()) {
                     let key = PolicyCompile {
                         endpoint: name.clone(),
                         direction: dir,

@@ -145,6 +145,21 @@ impl RuleSet {
         self.v4.wants_compile() || self.v6.wants_compile()
     }
 
+    /// Row edits so far (grows with every change; compare two readings to
+    /// tell whether the rule set changed in between).
+    pub fn edits(&self) -> u64 {
+        self.v4.edits + self.v6.edits
+    }
+
+    /// True if the rows changed since the last compile are at least an
+    /// eighth of all rows: lookups have lost much of the forest's speed.
+    pub fn much_changed(&self) -> bool {
+        let (changed, rows) = [self.v4.changed(), self.v6.changed()]
+            .into_iter()
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        changed > 0 && changed * 8 >= rows
+    }
+
     /// The rows to compile, taken now; [`CompileJob::run`] may run on any
     /// thread while this rule set goes on taking edits, and
     /// [`RuleSet::install`] then takes the result.
@@ -515,6 +530,16 @@ impl<A: Family> Writer<A> {
             Some(c) => c.stale.count() > 0 || !c.delta.rows.is_empty(),
             None => self.all.space.tables.len() > 2,
         }
+    }
+
+    /// Rows changed since the last compile (added plus removed), and all
+    /// rows.
+    fn changed(&self) -> (usize, usize) {
+        let changed = self
+            .compiled
+            .as_ref()
+            .map_or(0, |c| c.delta.rows.len() + c.stale.count());
+        (changed, self.all.rows.len())
     }
 
     /// Every current row.
@@ -900,6 +925,35 @@ mod tests {
         rs.remove(RuleId(2)).unwrap();
         assert_eq!(rs.snapshot().stats().rows4, 0);
         assert_eq!(rs.set_members(set).count(), 1, "the set outlives its users");
+    }
+
+    #[test]
+    fn compile_state_tracks_edits() {
+        let mut rs = RuleSet::new();
+        for i in 0..24u32 {
+            let net = format!("10.{i}.{i}.0/{}", [8, 16, 24, 32][i as usize % 4]);
+            let mut r = rule(i, i, Action::Allow).with_src(nets(&[&net]));
+            if i % 3 == 0 {
+                r = r.with_dport(PortRange::exact(80)).with_proto(6);
+            }
+            rs.insert(r).unwrap();
+        }
+        assert!(rs.snapshot().stats().tables4 > 2);
+        assert!(rs.wants_compile(), "nothing compiled yet");
+        assert!(!rs.much_changed());
+        let edits = rs.edits();
+        rs.compile();
+        assert!(!rs.wants_compile());
+        assert_eq!(rs.edits(), edits, "a compile is not an edit");
+        let removed = rs.remove(RuleId(0)).unwrap();
+        assert!(rs.wants_compile() && !rs.much_changed(), "1 of 24 rows");
+        rs.insert(removed).unwrap();
+        assert!(!rs.wants_compile(), "the forest's own row is back");
+        for id in 0..3 {
+            rs.remove(RuleId(id)).unwrap();
+        }
+        assert!(rs.much_changed(), "3 of 21 rows");
+        assert_eq!(rs.edits(), edits + 5);
     }
 
     #[test]
