@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use caracal_testsupport::privileged;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hugepages-setup");
@@ -68,32 +69,6 @@ fn default_size_entry(report: &Value) -> Value {
         .find(|s| s["size"] == default)
         .expect("the default size is listed")
         .clone()
-}
-
-fn effective_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .expect("Uid line");
-    // Uid: real effective saved filesystem
-    line.split_whitespace()
-        .nth(2)
-        .and_then(|uid| uid.parse().ok())
-        .expect("effective uid")
-}
-
-/// Whether a privileged test may run; see the module comment.
-fn privileged() -> bool {
-    if effective_uid() == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var("CARACAL_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "this test needs root, and CARACAL_REQUIRE_PRIVILEGED=1 forbids skipping it"
-    );
-    println!("skipped: not root");
-    false
 }
 
 #[test]
