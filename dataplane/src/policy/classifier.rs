@@ -1,12 +1,15 @@
 //! The published, immutable classifier and its lookups.
 //!
-//! A [`Classifier`] is two `Arc`s (one tuple space per address family);
-//! cloning it is two reference-count increments. Workers hold one per
-//! endpoint and direction inside their table snapshot and call
-//! [`Classifier::classify_batch`] once per vector with the keys of the
-//! packets that missed the flow table.
+//! A [`Classifier`] holds, per address family, the tuple space of every
+//! row and, once compiled, the forest with its stale bitmap and delta
+//! tuple space: a few `Arc`s, so cloning it is a few reference-count
+//! increments. Workers hold one per endpoint and direction inside their
+//! table snapshot and call [`Classifier::classify_batch`] once per vector
+//! with the keys of the packets that missed the flow table.
 //!
-//! The batch lookup walks the tables in priority order, each table over all
+//! The batch lookup walks the forest's trees level by level over all keys
+//! of the batch, then lets the delta improve on what they found; without a
+//! forest it walks the tables in priority order, each table over all
 //! still-undecided keys of the batch: the masks stay in registers, the
 //! probes of different keys are independent loads the core overlaps, and a
 //! key drops out of the batch as soon as no later table can beat the rule

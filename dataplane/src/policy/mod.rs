@@ -49,7 +49,7 @@
 //!
 //! # Snapshots
 //!
-//! A [`Classifier`] is immutable and cheap to clone (two `Arc`s). Inside,
+//! A [`Classifier`] is immutable and cheap to clone (a few `Arc`s). Inside,
 //! each table's slots are a directory of `Arc`ed pages of 128 rows and
 //! their tags. The [`RuleSet`] keeps its own copy of the current
 //! classifier and edits it with `Arc::make_mut`: the first edit after a snapshot was published

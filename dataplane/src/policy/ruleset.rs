@@ -130,7 +130,7 @@ impl RuleSet {
         Ok(set)
     }
 
-    /// The current state as an immutable classifier: two reference-count
+    /// The current state as an immutable classifier: a few reference-count
     /// increments. Later edits copy what they touch and leave it alone.
     pub fn snapshot(&self) -> Classifier {
         Classifier {
