@@ -4,7 +4,9 @@
 //! trace shuffled, and uniformly random headers — traces have strong
 //! locality and flatter caches), build time (the tuple space, rule by
 //! rule) and compile time (the decision forest), memory, the tuple space's
-//! own cycles on the trace before the compile (`TS cyc`), and the time to
+//! own cycles on the trace before the compile (`TS cyc`), the cycles of
+//! one trace key looked up over and over (`1-key`: the walk with
+//! everything in L1), and the time to
 //! delete a random rule and insert it again, publishing a snapshot after
 //! every edit while the previous snapshot is still held (as a worker
 //! would): mean per delete, per insert, and the 99th percentile of both.
@@ -150,6 +152,8 @@ fn run(set: &str, opts: &Opts) {
     let (tss_cyc, _) = lookups(&tuple_space, &trace_keys, time);
     drop(tuple_space);
     let (trace_cyc, trace_m) = lookups(&c, &trace_keys, time);
+    // One key over and over: the walk's cost with everything in L1.
+    let (hot_cyc, _) = lookups(&c, &vec![trace_keys[0]; BATCH * 64], time);
     let (shuf_cyc, shuf_m) = lookups(&c, &shuffled, time);
     let (rand_cyc, rand_m) = lookups(&c, &random, time);
 
@@ -183,7 +187,7 @@ fn run(set: &str, opts: &Opts) {
     let p99 = all[all.len() * 99 / 100].as_secs_f64() * 1e6;
 
     println!(
-        "{set:<9} {:>5} {:>4} {:>3} {:>7.0} {:>7.1} {:>7.1} | {:>6.0} | {:>6.0} {:>6.1} | {:>6.0} {:>6.1} | {:>6.0} {:>6.1} | {:>5.2} {:>5.2} {:>6.0}",
+        "{set:<9} {:>5} {:>4} {:>3} {:>7.0} {:>7.1} {:>7.1} | {:>6.0} | {:>5.0} | {:>6.0} {:>6.1} | {:>6.0} {:>6.1} | {:>6.0} {:>6.1} | {:>5.2} {:>5.2} {:>6.0}",
         rules.len(),
         stats.tables4,
         stats.trees,
@@ -191,6 +195,7 @@ fn run(set: &str, opts: &Opts) {
         build.as_secs_f64() * 1e3,
         compile.as_secs_f64() * 1e3,
         tss_cyc,
+        hot_cyc,
         trace_cyc,
         trace_m,
         shuf_cyc,
@@ -218,7 +223,7 @@ fn main() {
         if opts.quick { " (quick run)" } else { "" }
     );
     println!(
-        "{:<9} {:>5} {:>4} {:>3} {:>7} {:>7} {:>7} | {:>6} | {:>13} | {:>13} | {:>13} | {:>5} {:>5} {:>6}",
+        "{:<9} {:>5} {:>4} {:>3} {:>7} {:>7} {:>7} | {:>6} | {:>5} | {:>13} | {:>13} | {:>13} | {:>5} {:>5} {:>6}",
         "set",
         "rules",
         "tabl",
@@ -227,6 +232,7 @@ fn main() {
         "buildms",
         "compms",
         "TS cyc",
+        "1-key",
         "trace cyc M/s",
         "shuf. cyc M/s",
         "random cyc M/s",

@@ -38,14 +38,14 @@
 //! then splits the rows, and past that the caller keeps the tuple space
 //! alone.
 //!
-//! Tried and measured worse on ClassBench (`perf/benches/classify.rs`):
-//! 16-way nodes (as fast, twice the memory), leaves of indices into one
-//! shared copy of each row (one more dependent load: 5–30 % slower), and
-//! HiCuts-style cuts on k bits of a field (a shift and a mask per node
-//! instead of compares, but deeper trees on prefix-heavy sets and copies
-//! of every port range split into aligned blocks: 1.6× faster on fw1,
-//! 1.2× slower on acl1), and a descent without a branch on "leaf yet?"
-//! (leaves step to themselves, scanned afterwards: 10–25 % slower).
+//! Variants tried with `perf/benches/classify.rs` and not kept: 16-way
+//! nodes (no faster, twice the memory), leaves of indices into one shared
+//! copy of each row (one more dependent load: slower), HiCuts-style cuts
+//! on k bits of a field (a shift and a mask per node instead of compares,
+//! but deeper trees on prefix-heavy sets and every port range split into
+//! aligned blocks: faster on fw1, slower on acl1), and a descent without a
+//! branch on "leaf yet?" (leaves step to themselves and are scanned
+//! afterwards: slower).
 
 use std::marker::PhantomData;
 use std::mem::size_of;
@@ -251,7 +251,7 @@ impl<A: Family> Tree<A> {
         while r & LEAF == 0 {
             r = self.nodes[(r >> FIELD_BITS) as usize].child(w[(r & FIELD_MASK) as usize]);
         }
-        self.scan(r, k, best).map(|s| self.row(s.index))
+        self.scan(r, k, best).map(|i| self.row(i))
     }
 
     /// [`Self::lookup`] for a batch: `found[i]` is the index into the
@@ -285,8 +285,8 @@ impl<A: Family> Tree<A> {
                 let r = cur[i];
                 if r & LEAF != 0 {
                     if let Some(f) = self.scan(r, &keys[i], best[i]) {
-                        best[i] = f.row.prio;
-                        found[i] = f.index;
+                        best[i] = self.rows[f as usize].prio;
+                        found[i] = f;
                     }
                     continue;
                 }
@@ -308,10 +308,10 @@ impl<A: Family> Tree<A> {
         }
     }
 
-    /// The first row of leaf `r` that matches `k`, if its priority is
-    /// below `best`.
+    /// The index among the leaf rows of the first row of leaf `r` that
+    /// matches `k`, if its priority is below `best`.
     #[inline(always)]
-    fn scan(&self, r: u32, k: &PacketKey<A>, best: u32) -> Option<Scanned<'_, A>> {
+    fn scan(&self, r: u32, k: &PacketKey<A>, best: u32) -> Option<u32> {
         let leaf = self.leaves[(r & !LEAF) as usize];
         let start = leaf.start as usize;
         let rows = &self.rows[start..start + leaf.len as usize];
@@ -320,10 +320,7 @@ impl<A: Family> Tree<A> {
                 return None;
             }
             if row.matches(k) {
-                return Some(Scanned {
-                    row,
-                    index: (start + n) as u32,
-                });
+                return Some((start + n) as u32);
             }
         }
         None
@@ -360,7 +357,7 @@ impl<A: Family> Tree<A> {
         }
         let leaf = self.leaves[(r & !LEAF) as usize];
         let rows = match self.scan(r, k, best) {
-            Some(s) => s.index - leaf.start + 1,
+            Some(i) => i - leaf.start + 1,
             None => leaf.len,
         };
         (nodes, rows as usize)
@@ -379,13 +376,6 @@ impl<A: Family> Tree<A> {
             .max()
             .unwrap_or(0)
     }
-}
-
-/// A row found in a leaf.
-struct Scanned<'t, A> {
-    row: &'t Row<A>,
-    /// Index into the tree's leaf rows.
-    index: u32,
 }
 
 /// The trees of one family: one over all rows when that fits the budget,
